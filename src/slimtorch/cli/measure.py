@@ -1,0 +1,45 @@
+"""``slimtorch measure MODEL``: print the Metrics of a model (and write them as JSON with --json)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from slimtorch.cli.model_spec import parse_shape, resolve_model
+from slimtorch.errors import ConfigError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register the ``measure`` sub-command."""
+    p = sub.add_parser("measure", help="measure size, FLOPs, latency, memory and accuracy of a model")
+    p.add_argument("model", help="zoo:NAME, package.module:factory, or a Hugging Face model folder")
+    p.add_argument("--weights", help="state-dict file (.safetensors or weights-only .pt) for a factory model")
+    p.add_argument("--input-shape", help="example input shape, e.g. 1,3,224,224 (zoo models know theirs)")
+    p.add_argument("--batch-size", type=int, default=None, help="batch size of the example input (zoo models)")
+    p.add_argument("--json", dest="json_path", help="also write the metrics to this JSON file")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Measure the model and print the metrics; returns the exit code."""
+    from slimtorch.io.atomic import write_text
+    from slimtorch.measure import measure
+
+    resolved = resolve_model(args.model, args.weights)
+    if args.input_shape:
+        example = torch.randn(parse_shape(args.input_shape))
+    elif resolved.data is not None:
+        example = resolved.data.example_inputs(args.batch_size or 1)
+    elif resolved.example_inputs is not None:
+        example = resolved.example_inputs
+    else:
+        raise ConfigError(f"{args.model} needs --input-shape (e.g. --input-shape 1,3,224,224)")
+    eval_fn = resolved.data.evaluate if resolved.data is not None else None
+    metrics = measure(resolved.model, example, eval_fn=eval_fn, label=resolved.name)
+    for key, value in metrics.to_dict().items():
+        print(f"{key:>18}: {value}")
+    if args.json_path:
+        write_text(args.json_path, json.dumps(metrics.to_dict(), indent=2) + "\n")
+    return 0

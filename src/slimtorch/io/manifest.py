@@ -1,0 +1,146 @@
+"""The versioned JSON manifest: which module sits at each path, with its constructor arguments.
+
+``slimtorch.save`` records every module of a known type (plain torch layers and every compressed module
+class that registered itself with :func:`register_module`), so that ``slimtorch.load`` can rebuild a pruned,
+decomposed or quantized model on top of the original architecture. Only names from these two tables are
+ever constructed: a manifest cannot make slimtorch import or run anything else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from slimtorch.errors import ArtifactError
+
+FORMAT = "slimtorch"
+VERSION = 1
+
+#: registered compressed module classes, by class name
+MODULES: dict[str, type[nn.Module]] = {}
+
+
+def register_module(cls: type[nn.Module]) -> type[nn.Module]:
+    """Class decorator for compressed modules: ``cls(**module.manifest_args())`` must rebuild an empty twin
+    (same buffers and parameters, same shapes and dtypes) that ``load_state_dict`` then fills."""
+    if not callable(getattr(cls, "manifest_args", None)):
+        raise TypeError(f"{cls.__name__} must define manifest_args() -> dict of JSON constructor arguments")
+    MODULES[cls.__name__] = cls
+    return cls
+
+
+def _conv_args(m: nn.Module) -> dict[str, Any]:
+    return {
+        "in_channels": m.in_channels,
+        "out_channels": m.out_channels,
+        "kernel_size": list(m.kernel_size),
+        "stride": list(m.stride),
+        "padding": m.padding if isinstance(m.padding, str) else list(m.padding),
+        "dilation": list(m.dilation),
+        "groups": m.groups,
+        "bias": m.bias is not None,
+        "padding_mode": m.padding_mode,
+    }
+
+
+def _bn_args(m: nn.Module) -> dict[str, Any]:
+    return {
+        "num_features": m.num_features,
+        "eps": m.eps,
+        "momentum": m.momentum,
+        "affine": m.affine,
+        "track_running_stats": m.track_running_stats,
+    }
+
+
+def _mha_args(m: nn.MultiheadAttention) -> dict[str, Any]:
+    return {
+        "embed_dim": m.embed_dim,
+        "num_heads": m.num_heads,
+        "dropout": m.dropout,
+        "bias": m.in_proj_bias is not None,
+        "add_bias_kv": m.bias_k is not None,
+        "kdim": m.kdim,
+        "vdim": m.vdim,
+        "batch_first": m.batch_first,
+    }
+
+
+#: plain torch layers whose shape slimtorch may change: class -> constructor-argument reader
+TORCH_MODULES: dict[type[nn.Module], Callable[[nn.Module], dict[str, Any]]] = {
+    nn.Linear: lambda m: {"in_features": m.in_features, "out_features": m.out_features, "bias": m.bias is not None},
+    nn.Conv1d: _conv_args,
+    nn.Conv2d: _conv_args,
+    nn.ConvTranspose2d: lambda m: {**_conv_args(m), "output_padding": list(m.output_padding)},
+    nn.BatchNorm1d: _bn_args,
+    nn.BatchNorm2d: _bn_args,
+    nn.LayerNorm: lambda m: {
+        "normalized_shape": list(m.normalized_shape),
+        "eps": m.eps,
+        "elementwise_affine": m.elementwise_affine,
+        "bias": getattr(m, "bias", None) is not None,
+    },
+    nn.GroupNorm: lambda m: {
+        "num_groups": m.num_groups,
+        "num_channels": m.num_channels,
+        "eps": m.eps,
+        "affine": m.affine,
+    },
+    nn.Embedding: lambda m: {
+        "num_embeddings": m.num_embeddings,
+        "embedding_dim": m.embedding_dim,
+        "padding_idx": m.padding_idx,
+    },
+    nn.MultiheadAttention: _mha_args,
+    nn.Identity: lambda m: {},
+}
+_TORCH_BY_NAME = {f"torch.nn.{cls.__name__}": cls for cls in TORCH_MODULES}
+
+
+def describe(module: nn.Module) -> dict[str, Any] | None:
+    """The manifest entry ``{"type", "args"}`` of a module, or None if slimtorch does not track its type."""
+    cls = type(module)
+    if cls in TORCH_MODULES:
+        return {"type": f"torch.nn.{cls.__name__}", "args": TORCH_MODULES[cls](module)}
+    if MODULES.get(cls.__name__) is cls:
+        return {"type": cls.__name__, "args": module.manifest_args()}
+    return None
+
+
+def build(entry: dict[str, Any], path: str) -> nn.Module:
+    """Construct the (empty) module a manifest entry describes.
+
+    Raises:
+        ArtifactError: the type is neither a tracked torch layer nor a registered slimtorch module, or its
+            arguments do not fit the constructor.
+    """
+    name = entry.get("type")
+    if name in _TORCH_BY_NAME:
+        cls = _TORCH_BY_NAME[name]
+    elif name in MODULES:
+        cls = MODULES[name]
+    else:
+        raise ArtifactError(
+            f"module {path!r} has type {name!r}, which this slimtorch does not know; "
+            "the file is from a newer slimtorch or was tampered with"
+        )
+    args = dict(entry.get("args", {}))
+    for key in ("kernel_size", "stride", "dilation", "output_padding"):
+        if isinstance(args.get(key), list):
+            args[key] = tuple(args[key])
+    if isinstance(args.get("padding"), list):
+        args["padding"] = tuple(args["padding"])
+    try:
+        return cls(**args)
+    except (TypeError, ValueError) as err:
+        raise ArtifactError(f"cannot rebuild module {path!r} ({name}) from the manifest: {err}") from None
+
+
+def set_tracked_attr(module: nn.Module, name: str, value: int | float | str | bool | list) -> None:
+    """Set a plain attribute of a user module (e.g. ``num_heads`` after head pruning) and record it, so that
+    ``slimtorch.load`` sets it again on the original architecture."""
+    setattr(module, name, value)
+    tracked = module.__dict__.setdefault("_slim_attrs", {})
+    tracked[name] = value

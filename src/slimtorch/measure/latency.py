@@ -1,0 +1,80 @@
+"""Latency: warm-up, then repeated timed calls, quoted as median and p90 in milliseconds."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Per-call times of one contender, in milliseconds."""
+
+    samples_ms: list[float]
+
+    @property
+    def median_ms(self) -> float:
+        """Median time per call (ms)."""
+        return statistics.median(self.samples_ms)
+
+    @property
+    def p90_ms(self) -> float:
+        """90th percentile time per call (ms)."""
+        ordered = sorted(self.samples_ms)
+        return ordered[min(len(ordered) - 1, int(round(0.9 * (len(ordered) - 1))))]
+
+
+def _calls_for(fn: Callable[[], object], seconds: float) -> int:
+    start = time.perf_counter()
+    fn()
+    once = max(time.perf_counter() - start, 1e-6)
+    return max(1, int(seconds / once))
+
+
+def time_fn(
+    fn: Callable[[], object], *, warmup: int = 3, repeats: int = 30, max_seconds: float = 10.0
+) -> Timing:
+    """Time ``fn()``: ``warmup`` untimed calls, then up to ``repeats`` timed calls within ``max_seconds``.
+
+    Returns:
+        The per-call times in ms (at least 5 samples unless one call exceeds ``max_seconds`` / 5).
+    """
+    with torch.inference_mode():
+        for _ in range(warmup):
+            fn()
+        samples = []
+        deadline = time.perf_counter() + max_seconds
+        while len(samples) < repeats and (len(samples) < 5 or time.perf_counter() < deadline):
+            start = time.perf_counter()
+            fn()
+            samples.append((time.perf_counter() - start) * 1e3)
+    return Timing(samples)
+
+
+def time_interleaved(
+    fns: dict[str, Callable[[], object]], *, rounds: int = 7, round_seconds: float = 0.4, warmup: int = 3
+) -> dict[str, Timing]:
+    """Time several contenders round-robin (A B C A B C ...), so load drift on a shared machine hits all alike.
+
+    Each round runs each contender for about ``round_seconds`` and records its mean time per call (ms).
+
+    Returns:
+        Contender name -> one sample per round.
+    """
+    with torch.inference_mode():
+        for fn in fns.values():
+            for _ in range(warmup):
+                fn()
+        calls = {name: _calls_for(fn, round_seconds) for name, fn in fns.items()}
+        samples: dict[str, list[float]] = {name: [] for name in fns}
+        for _ in range(rounds):
+            for name, fn in fns.items():
+                start = time.perf_counter()
+                for _ in range(calls[name]):
+                    fn()
+                samples[name].append((time.perf_counter() - start) * 1e3 / calls[name])
+    return {name: Timing(s) for name, s in samples.items()}

@@ -1,0 +1,163 @@
+"""Recipes: an ordered list of stage configs (plus export targets), to and from YAML. Never executes code.
+
+A recipe file looks like::
+
+    stages:
+      - prune:    {method: structured, ratio: 0.5, importance: taylor}
+      - finetune: {epochs: 2, distill: true}
+      - quantize: {method: static, bits: 8}
+    export: [safetensors, onnx]
+
+Each stage maps 1:1 onto a registered config dataclass (``slimtorch.config.REGISTRY``), so a recipe written
+from Python configs reads back identically.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from slimtorch.config import REGISTRY, Config, suggest
+from slimtorch.errors import ConfigError
+
+EXPORTS = ("safetensors", "onnx")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Stages to run in order, and the artifacts to write at the end."""
+
+    stages: tuple[Config, ...]
+    export: tuple[str, ...] = ("safetensors",)
+    name: str = ""
+    description: str = ""
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values, as written to YAML."""
+        out: dict[str, Any] = {}
+        if self.name:
+            out["name"] = self.name
+        if self.description:
+            out["description"] = self.description
+        out["stages"] = [{cfg.stage: cfg.to_dict()} for cfg in self.stages]
+        out["export"] = list(self.export)
+        return out
+
+    def to_yaml(self) -> str:
+        """The recipe as YAML text."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _default_method(stage: str) -> str | None:
+    methods = REGISTRY.get(stage, {})
+    return next(iter(methods)) if len(methods) == 1 else None
+
+
+def stage_from_dict(entry: Any, index: int) -> Config:
+    """Build one stage config from ``{stage_name: {method: ..., field: value}}``.
+
+    Raises:
+        ConfigError: an unknown stage or method, or a bad field, naming the stage number.
+    """
+    where = f"stage {index + 1}"
+    if not isinstance(entry, dict) or len(entry) != 1:
+        raise ConfigError(f"{where}: each stage must be a one-key mapping like '- prune: {{...}}', got {entry!r}")
+    (stage, values), = entry.items()
+    if stage not in REGISTRY:
+        raise ConfigError(f"{where}: unknown stage {stage!r}{suggest(stage, REGISTRY)}; stages are {sorted(REGISTRY)}")
+    values = {} if values is None else values
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where} ({stage}): expected a mapping of fields, got {values!r}")
+    method = values.get("method", _default_method(stage))
+    methods = REGISTRY[stage]
+    if method not in methods:
+        raise ConfigError(
+            f"{where} ({stage}): method={method!r} is not allowed{suggest(str(method), methods)}; "
+            f"choose one of {sorted(methods)}"
+        )
+    return methods[method].from_dict(values, where=f"{where} ({stage}.{method})")
+
+
+def recipe_from_dict(values: Any, name: str = "") -> Recipe:
+    """Validate and build a :class:`Recipe` from plain values (what YAML gives)."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"recipe {name}: the top level must be a mapping with 'stages'")
+    unknown = set(values) - {"stages", "export", "name", "description"}
+    if unknown:
+        key = sorted(unknown)[0]
+        allowed = ["stages", "export", "name", "description"]
+        raise ConfigError(f"recipe {name}: unknown key {key!r}{suggest(key, allowed)}; keys are {allowed}")
+    stages = values.get("stages")
+    if not isinstance(stages, list) or not stages:
+        raise ConfigError(f"recipe {name}: 'stages' must be a non-empty list")
+    export = values.get("export", ["safetensors"])
+    if isinstance(export, str):
+        export = [export]
+    for target in export:
+        if target not in EXPORTS:
+            raise ConfigError(f"recipe {name}: export {target!r} is not allowed{suggest(target, EXPORTS)}; "
+                              f"choose from {list(EXPORTS)}")
+    return Recipe(
+        stages=tuple(stage_from_dict(s, i) for i, s in enumerate(stages)),
+        export=tuple(export),
+        name=str(values.get("name", name)),
+        description=str(values.get("description", "")),
+    )
+
+
+def builtin_names() -> list[str]:
+    """Names of the recipes that ship with slimtorch (use as ``builtin:NAME``)."""
+    folder = resources.files("slimtorch") / "recipes"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_recipe(path: str | os.PathLike) -> Recipe:
+    """Read and validate a recipe from a YAML file, or ``builtin:NAME`` for a bundled one.
+
+    Raises:
+        ConfigError: a missing file, invalid YAML, or any invalid stage, before anything runs.
+
+    Example:
+        >>> import slimtorch as st
+        >>> recipe = st.load_recipe("builtin:prune-quantize")
+        >>> [s.stage for s in recipe.stages]
+        ['prune', 'finetune', 'quantize']
+    """
+    text_path = str(path)
+    if text_path.startswith("builtin:"):
+        name = text_path[len("builtin:"):]
+        if name not in builtin_names():
+            raise ConfigError(f"no built-in recipe {name!r}{suggest(name, builtin_names())}; "
+                              f"built-in recipes are {builtin_names()}")
+        text = (resources.files("slimtorch") / "recipes" / f"{name}.yaml").read_text()
+    else:
+        file = Path(path)
+        if not file.is_file():
+            raise ConfigError(f"recipe file {file} does not exist")
+        name = file.stem
+        text = file.read_text()
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"recipe {name}: invalid YAML ({err})") from None
+    return recipe_from_dict(values, name)
+
+
+def as_recipe(recipe: Recipe | list | tuple | str | os.PathLike | Config) -> Recipe:
+    """Accept a Recipe, a list of configs, one config or a path / ``builtin:NAME``, and return a Recipe."""
+    if isinstance(recipe, Recipe):
+        return recipe
+    if isinstance(recipe, Config):
+        return Recipe(stages=(recipe,))
+    if isinstance(recipe, list | tuple):
+        bad = [s for s in recipe if not isinstance(s, Config)]
+        if bad or not recipe:
+            raise ConfigError(f"a recipe list must hold configs (st.StaticQuant(), ...), got {bad[:1] or recipe}")
+        return Recipe(stages=tuple(recipe))
+    return load_recipe(recipe)

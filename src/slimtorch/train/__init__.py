@@ -1,0 +1,1 @@
+"""Training: recovery fine-tuning, distillation losses and distributed runs."""

@@ -1,0 +1,27 @@
+"""Shared fixtures: a private zoo cache per test session, so tests never depend on the user's cache."""
+
+import os
+
+import pytest
+import torch
+
+
+def pytest_configure(config):
+    os.environ.setdefault("SLIMTORCH_CACHE", str(config.rootpath / ".pytest_cache" / "slimtorch-zoo"))
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def digits_cnn():
+    """The trained zoo CNN and its data (trained once per cache)."""
+    from slimtorch import zoo
+
+    return zoo.load("digits-cnn")
+
+
+@pytest.fixture(scope="session")
+def digits_mlp():
+    """The trained zoo MLP and its data (trained once per cache)."""
+    from slimtorch import zoo
+
+    return zoo.load("digits-mlp")

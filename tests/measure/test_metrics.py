@@ -1,0 +1,73 @@
+import os
+
+import pytest
+import torch
+from torch import nn
+
+import slimtorch as st
+from slimtorch.measure.latency import time_interleaved
+from slimtorch.measure.size import count_params
+
+
+def test_single_linear_layer_known_by_hand(tmp_path):
+    layer = nn.Linear(64, 32)
+    with torch.no_grad():
+        layer.weight[:, :16] = 0  # 512 zeros
+    x = torch.randn(8, 64)
+    m = st.measure(layer, x, repeats=5)
+    assert m.params == 64 * 32 + 32
+    assert m.nonzero_params == 64 * 32 + 32 - 512
+    assert m.macs == 8 * 64 * 32 and m.flops == 2 * m.macs
+    assert m.batch_size == 8 and m.threads == torch.get_num_threads()
+    assert m.accuracy is None
+    assert 0 < m.latency_ms <= m.latency_p90_ms
+    assert m.size_bytes == os.path.getsize(st.save(layer, tmp_path / "layer"))
+
+
+def test_peak_memory_counts_weights_and_live_activations():
+    model = nn.Sequential(nn.Linear(256, 1024), nn.ReLU(), nn.Linear(1024, 256))
+    x = torch.randn(64, 256)
+    m = st.measure(model, x, repeats=5)
+    weights = sum(p.numel() * 4 for p in model.parameters())
+    # the hidden activation (64x1024 floats) and the ReLU output are alive together
+    assert weights + 2 * 64 * 1024 * 4 <= m.peak_memory_bytes <= weights + 4 * 64 * 1024 * 4
+
+
+def test_eval_fn_becomes_accuracy_and_mode_is_restored():
+    model = nn.Linear(4, 2).train()
+    m = st.measure(model, torch.randn(1, 4), eval_fn=lambda mod: 0.75, repeats=5)
+    assert m.accuracy == 0.75 and model.training
+
+
+def test_shared_parameters_count_once():
+    a = nn.Linear(4, 4)
+    model = nn.Sequential(a, a)
+    assert count_params(model) == (20, 20)
+
+
+def test_bad_inputs_name_the_problem():
+    with pytest.raises(st.UnsupportedModelError, match="failed on the example inputs"):
+        st.measure(nn.Linear(4, 2), torch.randn(1, 5))
+    with pytest.raises(st.ConfigError, match="runtime"):
+        st.measure(nn.Linear(4, 2), torch.randn(1, 4), runtime="tvm")
+
+
+def test_interleaved_timing_ranks_a_slower_function_slower():
+    small, big = torch.randn(64, 64), torch.randn(512, 512)
+    t = time_interleaved({"small": lambda: small @ small, "big": lambda: big @ big}, rounds=3, round_seconds=0.05)
+    assert t["big"].median_ms > t["small"].median_ms
+
+
+def test_compare_ratios_markdown_and_json():
+    before = st.Metrics(params=100, nonzero_params=100, size_bytes=4000, flops=200, macs=100, latency_ms=2.0,
+                        latency_p90_ms=3.0, peak_memory_bytes=1000, accuracy=0.9, batch_size=1, threads=2)
+    after = st.Metrics(params=100, nonzero_params=25, size_bytes=1000, flops=100, macs=50, latency_ms=1.0,
+                       latency_p90_ms=1.5, peak_memory_bytes=500, accuracy=0.89, batch_size=1, threads=2)
+    c = st.compare(before, after)
+    r = c.to_dict()["ratios"]
+    assert r["size_x"] == 4 and r["params_x"] == 4 and r["speedup_x"] == 2
+    assert r["accuracy_change"] == pytest.approx(-0.01)
+    md = c.to_markdown()
+    assert "| saved size | 3.9 KiB | 1000 B | 4.00x smaller |" in md
+    assert "-1.00 points" in str(c)
+    assert st.Metrics.from_dict(after.to_dict()) == after
