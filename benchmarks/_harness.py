@@ -1,0 +1,107 @@
+"""Benchmark harness: every ``bench_*.py`` defines ``run(quick: bool) -> dict`` and calls :func:`main`.
+
+A result dict holds::
+
+    {"title": "...", "description": "what is compared, on which model and data",
+     "columns": ["variant", "latency ms", "speedup vs eager fp32", ...],
+     "rows": [[...], ...],              # one list per row, in column order
+     "notes": ["finding 1", ...],       # what the numbers say, honestly
+     "data": {...}}                      # anything else worth keeping (raw timings)
+
+The harness adds the environment (torch version, threads, CPU, load average before the run) and writes
+``benchmarks/results/NAME.json`` and ``benchmarks/results/NAME.md`` atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def environment() -> dict[str, Any]:
+    """Versions, threads and machine load, recorded with every result."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "loadavg_before": os.getloadavg()[0],
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1000 else f"{value:.0f}"
+    return str(value)
+
+
+def to_markdown(name: str, result: dict[str, Any]) -> str:
+    """The result as a markdown section: title, description, table, notes and environment."""
+    env = result["environment"]
+    lines = [f"# {result.get('title', name)}", "", result.get("description", ""), ""]
+    cols = result["columns"]
+    lines.append("| " + " | ".join(cols) + " |")
+    lines.append("|" + "---|" * len(cols))
+    for row in result["rows"]:
+        lines.append("| " + " | ".join(_cell(v) for v in row) + " |")
+    lines.append("")
+    for note in result.get("notes", []):
+        lines.append(f"- {note}")
+    lines.append("")
+    lines.append(
+        f"_torch {env['torch']}, {env['threads']} threads, {env['cpu']} ({env['cores']} cores), "
+        f"load average before the run {env['loadavg_before']:.2f}, {env['date']}, "
+        f"{'quick' if result.get('quick') else 'full'} run, {result['seconds']:.0f} s._"
+    )
+    return "\n".join(lines) + "\n"
+
+
+def write(name: str, result: dict[str, Any]) -> tuple[Path, Path]:
+    """Write ``results/NAME.json`` and ``results/NAME.md`` atomically; returns their paths."""
+    from slimtorch.io.atomic import write_text
+
+    json_path = write_text(RESULTS / f"{name}.json", json.dumps(result, indent=2, default=str) + "\n")
+    md_path = write_text(RESULTS / f"{name}.md", to_markdown(name, result))
+    return json_path, md_path
+
+
+def main(name: str, run: Callable[[bool], dict[str, Any]]) -> dict[str, Any]:
+    """Command-line entry of one benchmark script: ``python benchmarks/bench_x.py [--quick]``."""
+    parser = argparse.ArgumentParser(description=f"benchmark {name}")
+    parser.add_argument("--quick", action="store_true", help="small sizes and few rounds (a smoke run)")
+    args = parser.parse_args()
+    return execute(name, run, quick=args.quick)
+
+
+def execute(name: str, run: Callable[[bool], dict[str, Any]], quick: bool) -> dict[str, Any]:
+    """Run one benchmark, add the environment, write the files and print the markdown table."""
+    env = environment()
+    start = time.perf_counter()
+    result = run(quick)
+    result["environment"] = env
+    result["quick"] = quick
+    result["seconds"] = time.perf_counter() - start
+    write(name, result)
+    sys.stdout.write(to_markdown(name, result))
+    return result
