@@ -86,7 +86,7 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         """Return the fields as plain JSON/YAML values, with ``method`` first."""
-        out: dict[str, Any] = {"method": self.method}
+        out: dict[str, Any] = {"method": self.method}  # a field named ``method`` overrides this key
         for f in dataclasses.fields(self):
             out[f.name] = _plain(getattr(self, f.name))
         return out
@@ -101,7 +101,8 @@ class Config:
         if not isinstance(values, dict):
             raise ConfigError(f"{where or cls.__name__}: expected a mapping of fields, got {values!r}")
         names = [f.name for f in dataclasses.fields(cls)]
-        values = {k: v for k, v in values.items() if k != "method"}
+        if "method" not in names:
+            values = {k: v for k, v in values.items() if k != "method"}
         for key in values:
             if key not in names:
                 raise ConfigError(

@@ -14,6 +14,7 @@ from Python configs reads back identically.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from importlib import resources
@@ -74,8 +75,12 @@ def stage_from_dict(entry: Any, index: int) -> Config:
     values = {} if values is None else values
     if not isinstance(values, dict):
         raise ConfigError(f"{where} ({stage}): expected a mapping of fields, got {values!r}")
-    method = values.get("method", _default_method(stage))
     methods = REGISTRY[stage]
+    only = _default_method(stage)
+    if only is not None and "method" in {f.name for f in dataclasses.fields(methods[only])}:
+        # a single-class stage whose config has its own ``method`` field (e.g. decompose: svd | tucker)
+        return methods[only].from_dict(values, where=f"{where} ({stage})")
+    method = values.get("method", only)
     if method not in methods:
         raise ConfigError(
             f"{where} ({stage}): method={method!r} is not allowed{suggest(str(method), methods)}; "
