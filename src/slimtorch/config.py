@@ -84,6 +84,10 @@ class Config:
     def __post_init__(self) -> None:
         _check_types(self)
 
+    def requires_data(self) -> bool:
+        """True when applying this config needs data (calibration batches or a training loader)."""
+        return False
+
     def to_dict(self) -> dict[str, Any]:
         """Return the fields as plain JSON/YAML values, with ``method`` first."""
         out: dict[str, Any] = {"method": self.method}  # a field named ``method`` overrides this key

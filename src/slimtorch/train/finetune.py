@@ -55,6 +55,11 @@ class Finetune(Config):
             check_range(name, "max_batches", self.max_batches, 1, integer=True)
 
 
+    def requires_data(self) -> bool:
+        """Fine-tuning always needs a labelled training loader."""
+        return True
+
+
 @dataclass
 class History:
     """Mean training loss per epoch."""
