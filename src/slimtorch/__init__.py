@@ -1,9 +1,10 @@
+# ruff: noqa: I001
 """slimtorch: make trained PyTorch models smaller and faster, with measured size, speed and accuracy."""
 
 __version__ = "0.1.0"
 
+# Import order matters: the verbs come last because they shadow subpackage names (slimtorch.prune, ...).
 from slimtorch import zoo  # noqa: E402
-from slimtorch.api import decompose, prune, quantize  # noqa: E402  (verbs last: they shadow subpackage names)
 from slimtorch.errors import (  # noqa: E402
     ArtifactError,
     ConfigError,
@@ -15,6 +16,9 @@ from slimtorch.io.load import load  # noqa: E402
 from slimtorch.io.save import save  # noqa: E402
 from slimtorch.measure import Comparison, Metrics, compare, measure  # noqa: E402
 from slimtorch.train.finetune import Finetune, finetune  # noqa: E402
+from slimtorch.recipe import Recipe, load_recipe  # noqa: E402
+
+from slimtorch.api import compress, decompose, prune, quantize  # noqa: E402  (keep last)
 
 __all__ = [
     "ArtifactError",
@@ -26,7 +30,10 @@ __all__ = [
     "SlimError",
     "UnsupportedModelError",
     "__version__",
+    "Recipe",
     "compare",
+    "compress",
+    "load_recipe",
     "decompose",
     "finetune",
     "load",
