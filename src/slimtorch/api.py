@@ -92,3 +92,49 @@ def quantize(
 ) -> nn.Module:
     """Quantize ``model`` in place with a quantization config; returns the model."""
     return _apply("quantize", model, config, data=data, example_inputs=example_inputs, select=select, seed=seed)
+
+
+def compress(
+    model: nn.Module,
+    recipe: Any,
+    *,
+    data: Any = None,
+    example_inputs: Any = None,
+    eval_fn: Callable[[nn.Module], float] | None = None,
+    out_dir: Any = None,
+    resume: bool = False,
+    seed: int = 0,
+) -> nn.Module:
+    """Run a recipe (prune, decompose, quantize and fine-tune stages, in order) on ``model`` in place.
+
+    Every stage is validated before any work; fine-tuning stages distill from the model as it was at the
+    start. With ``out_dir``, a checkpoint is written atomically after every stage and ``resume=True``
+    continues after the last one. The run's record (metrics before, after and per stage) is kept on the
+    model as ``model.slimtorch_record``.
+
+    Args:
+        model: the model (changed in place).
+        recipe: a ``Recipe``, a list of configs, a YAML path or ``"builtin:NAME"``.
+        data: the data object or loader the stages need (fine-tuning, calibration).
+        example_inputs: inputs for tracing and measuring; the first batch of ``data`` when None.
+        eval_fn: ``eval_fn(model) -> accuracy`` recorded in the metrics.
+        out_dir: folder for per-stage checkpoints.
+        resume: continue from the last checkpoint in ``out_dir``.
+        seed: seed for every random step.
+
+    Returns:
+        The same model, compressed.
+
+    Example:
+        >>> import slimtorch as st, torch
+        >>> model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4))
+        >>> st.compress(model, [st.UnstructuredPruning(sparsity=0.5)], example_inputs=torch.randn(2, 64))
+        Sequential(...)
+    """
+    from slimtorch.pipeline import run_recipe
+    from slimtorch.recipe import as_recipe
+
+    record = run_recipe(model, as_recipe(recipe), data=data, example_inputs=example_inputs, eval_fn=eval_fn,
+                        out_dir=out_dir, resume=resume, seed=seed)
+    model.__dict__["slimtorch_record"] = record
+    return model

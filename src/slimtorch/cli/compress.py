@@ -1,0 +1,90 @@
+"""``slimtorch compress MODEL --recipe R.yaml|builtin:NAME --data DATA -o OUT [--resume]``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from slimtorch.errors import ConfigError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register the ``compress`` sub-command."""
+    from slimtorch.recipe import builtin_names
+
+    p = sub.add_parser("compress", help="run a recipe (prune, decompose, quantize, fine-tune) and write a report")
+    p.add_argument("model", help="zoo:NAME, package.module:factory, or a Hugging Face model folder")
+    p.add_argument("--recipe", required=True, help=f"a YAML recipe file or builtin:NAME ({', '.join(builtin_names())})")
+    p.add_argument("--data", help="zoo:NAME, an image folder (one sub-folder per class), or package.module:function")
+    p.add_argument("-o", "--out", required=True, help="output folder for the model, checkpoints and the report")
+    p.add_argument("--resume", action="store_true", help="continue after the last checkpoint in OUT")
+    p.add_argument("--weights", help="state-dict file (.safetensors or weights-only .pt) for a factory model")
+    p.add_argument("--batch-size", type=int, default=32, help="batch size for latency measurements (default 32)")
+    p.add_argument("--image-size", type=int, default=224, help="side of images read from an image folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=run)
+
+
+def _example(resolved: Any, data: Any, batch_size: int) -> Any:
+    for source in (data, resolved.data):
+        if source is not None and hasattr(source, "example_inputs"):
+            return source.example_inputs(batch_size)
+    if resolved.example_inputs is not None:
+        return resolved.example_inputs
+    raise ConfigError("cannot tell the model's input: pass --data so its first batch can be used")
+
+
+def compress_and_report(resolved: Any, recipe: Any, data: Any, out: Path, *, batch_size: int, resume: bool,
+                        seed: int, title: str) -> dict[str, Path]:
+    """Run ``recipe`` on a resolved model, write the artifacts and the report into ``out``; returns the files."""
+    from slimtorch.io.save import save
+    from slimtorch.pipeline import check_data, run_recipe
+    from slimtorch.report import write_report
+
+    if resolved.data is not None and data is None:
+        data = resolved.data
+    check_data(recipe, data)
+    if "onnx" in recipe.export:
+        from slimtorch.io import onnx as _onnx  # noqa: F401  (fail before any work if ONNX export is missing)
+    example = _example(resolved, data, batch_size)
+    eval_fn = getattr(data, "evaluate", None)
+    model = resolved.model
+    record = run_recipe(model, recipe, data=data, example_inputs=example, eval_fn=eval_fn, out_dir=out,
+                        resume=resume, seed=seed)
+    artifacts = {}
+    if "safetensors" in recipe.export:
+        artifacts["safetensors"] = str(save(model, out / "model", extra={"recipe": recipe.to_dict()}))
+    if "onnx" in recipe.export:
+        from slimtorch.io.onnx import export_onnx
+
+        onnx_example = example[:1] if isinstance(example, torch.Tensor) else example
+        export_onnx(model, onnx_example, out / "model.onnx")
+        artifacts["onnx"] = str(out / "model.onnx")
+    files = write_report(record, out, title=title, artifacts=artifacts)
+    print(_comparison(record))
+    return files
+
+
+def _comparison(record: Any) -> str:
+    from slimtorch.measure.compare import compare
+
+    return str(compare(record.before, record.after))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Resolve model, data and recipe (all validated before any work), run it, write everything to OUT."""
+    from slimtorch.cli.data_spec import resolve_data
+    from slimtorch.cli.model_spec import resolve_model
+    from slimtorch.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe)
+    data = resolve_data(args.data, args.image_size)
+    resolved = resolve_model(args.model, args.weights)
+    out = Path(args.out)
+    files = compress_and_report(resolved, recipe, data, out, batch_size=args.batch_size, resume=args.resume,
+                                seed=args.seed, title=f"slimtorch compress {args.model} ({recipe.name or 'recipe'})")
+    print(f"report: {files['md']}  {files['html']}  {files['json']}")
+    return 0

@@ -1,0 +1,182 @@
+"""Running a recipe: stages in order, each measured, with atomic checkpoints so a run can resume.
+
+``slimtorch.compress`` and ``slimtorch compress`` both call :func:`run_recipe`. The record it returns
+(before/after metrics, one entry per stage, per-layer facts) is what the report is written from.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from slimtorch._log import logger
+from slimtorch.config import Config
+from slimtorch.data import iter_inputs
+from slimtorch.errors import ArtifactError, DataError
+from slimtorch.measure.layers import layer_table
+from slimtorch.measure.metrics import Metrics, measure
+from slimtorch.recipe import Recipe
+
+CHECKPOINTS = "checkpoints"
+
+
+@dataclass
+class StageRecord:
+    """What one stage did: its config, time taken, and the model's metrics and layers after it."""
+
+    index: int
+    stage: str
+    method: str
+    config: dict[str, Any]
+    seconds: float
+    metrics: dict[str, Any] | None
+    layers: list[dict[str, Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able values."""
+        return dict(self.__dict__)
+
+
+@dataclass
+class RunRecord:
+    """A whole run: metrics before and after, the stages, and the recipe."""
+
+    recipe: dict[str, Any]
+    before: Metrics | None = None
+    after: Metrics | None = None
+    stages: list[StageRecord] = field(default_factory=list)
+    layers_before: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """``before``/``after`` (``Metrics.to_dict()``), ``stages`` (one per stage), ``recipe``, layers."""
+        return {
+            "recipe": self.recipe,
+            "before": self.before.to_dict() if self.before else None,
+            "after": self.after.to_dict() if self.after else None,
+            "stages": [s.to_dict() for s in self.stages],
+            "layers_before": self.layers_before,
+        }
+
+
+def check_data(recipe: Recipe, data: Any) -> None:
+    """Raise DataError before any work if a stage needs data and none was given, naming the stage."""
+    if data is not None:
+        return
+    for i, cfg in enumerate(recipe.stages):
+        if cfg.requires_data():
+            raise DataError(
+                f"stage {i + 1} ({cfg.stage}.{cfg.method}) needs data but none was given: pass data= "
+                "(Python) or --data (CLI)"
+            )
+
+
+def _apply_stage(model: nn.Module, cfg: Config, *, data: Any, example_inputs: Any, teacher: nn.Module | None,
+                 seed: int) -> nn.Module:
+    from slimtorch import api
+    from slimtorch.train.finetune import Finetune, finetune
+
+    if isinstance(cfg, Finetune):
+        return finetune(model, data, teacher=teacher, config=cfg, seed=seed)
+    verb = getattr(api, cfg.stage)
+    return verb(model, cfg, data=data, example_inputs=example_inputs, seed=seed)
+
+
+def _checkpoint_path(out_dir: Path, index: int) -> Path:
+    return out_dir / CHECKPOINTS / f"stage-{index + 1:02d}.safetensors"
+
+
+def _latest_checkpoint(out_dir: Path, recipe: Recipe) -> tuple[int, dict[str, Any]] | None:
+    from slimtorch.io.load import read_manifest
+
+    for index in reversed(range(len(recipe.stages))):
+        path = _checkpoint_path(out_dir, index)
+        if not path.is_file():
+            continue
+        extra = read_manifest(path).get("extra", {})
+        if extra.get("recipe") != recipe.to_dict():
+            raise ArtifactError(f"{path} was written by a different recipe; use a new output folder or drop --resume")
+        return index, extra
+    return None
+
+
+def run_recipe(
+    model: nn.Module,
+    recipe: Recipe,
+    *,
+    data: Any = None,
+    example_inputs: Any = None,
+    eval_fn: Callable[[nn.Module], float] | None = None,
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+    measure_stages: bool = True,
+    seed: int = 0,
+) -> RunRecord:
+    """Apply every stage of ``recipe`` to ``model`` in place, measuring before, after and between stages.
+
+    Args:
+        model: the model to compress (changed in place; the original is kept as a frozen teacher).
+        recipe: the validated recipe.
+        data: the data object or loader; needed by fine-tuning, calibration and data-driven importance.
+        example_inputs: inputs for tracing and measuring; the first batch of ``data`` when None.
+        eval_fn: accuracy function ``eval_fn(model) -> float`` recorded in the metrics.
+        out_dir: where checkpoints go (one per stage, written atomically); None: no checkpoints.
+        resume: continue after the last checkpoint in ``out_dir`` written by the same recipe.
+        measure_stages: measure the model after every stage (else only before and after).
+        seed: seed of every stage.
+
+    Returns:
+        The :class:`RunRecord` of the run.
+
+    Raises:
+        DataError: a stage needs data and none was given (before any work).
+    """
+    from slimtorch.io.load import load
+    from slimtorch.io.save import save
+    from slimtorch.train.finetune import frozen_copy
+
+    check_data(recipe, data)
+    if example_inputs is None:
+        if data is None:
+            raise DataError("pass example_inputs= (or data=, whose first batch is used) to trace and measure")
+        example_inputs = next(iter_inputs(data, 1, split="test" if hasattr(data, "test") else "train"))
+    record = RunRecord(recipe=recipe.to_dict())
+    teacher = frozen_copy(model)
+    record.before = measure(model, example_inputs, eval_fn=eval_fn, label="before")
+    record.layers_before = layer_table(model)
+    start_index = 0
+    out = Path(out_dir) if out_dir is not None else None
+    if resume:
+        if out is None:
+            raise DataError("resume needs the output folder that holds the checkpoints (out_dir / -o)")
+        found = _latest_checkpoint(out, recipe)
+        if found is not None:
+            index, extra = found
+            load(_checkpoint_path(out, index), model=model)
+            record.stages = [StageRecord(**s) for s in extra.get("stages", [])]
+            start_index = index + 1
+            logger.info("resuming after stage %d from %s", index + 1, _checkpoint_path(out, index))
+    for index in range(start_index, len(recipe.stages)):
+        cfg = recipe.stages[index]
+        logger.info("stage %d/%d: %s (%s)", index + 1, len(recipe.stages), cfg.stage, cfg.method)
+        started = time.perf_counter()
+        _apply_stage(model, cfg, data=data, example_inputs=example_inputs, teacher=teacher, seed=seed)
+        seconds = time.perf_counter() - started
+        metrics = None
+        if measure_stages:
+            metrics = measure(model, example_inputs, eval_fn=eval_fn, label=f"after {cfg.stage}").to_dict()
+        record.stages.append(StageRecord(index, cfg.stage, cfg.method, cfg.to_dict(), seconds, metrics,
+                                         layer_table(model)))
+        if out is not None:
+            extra = {"recipe": recipe.to_dict(), "stages": [s.to_dict() for s in record.stages]}
+            save(model, _checkpoint_path(out, index), extra=extra)
+    last = record.stages[-1].metrics if record.stages else None
+    if last is not None and start_index < len(recipe.stages):
+        record.after = Metrics.from_dict({**last, "label": "after"})
+    else:
+        record.after = measure(model, example_inputs, eval_fn=eval_fn, label="after")
+    return record
