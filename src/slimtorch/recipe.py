@@ -27,6 +27,7 @@ from slimtorch.config import REGISTRY, Config, suggest
 from slimtorch.errors import ConfigError
 
 EXPORTS = ("safetensors", "onnx")
+STAGES = ("prune", "decompose", "quantize", "finetune")
 
 
 @dataclass(frozen=True)
@@ -35,9 +36,8 @@ class Recipe:
 
     stages: tuple[Config, ...]
     export: tuple[str, ...] = ("safetensors",)
-    name: str = ""
-    description: str = ""
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    name: str = field(default="", compare=False)
+    description: str = field(default="", compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values, as written to YAML."""
@@ -71,7 +71,7 @@ def stage_from_dict(entry: Any, index: int) -> Config:
         raise ConfigError(f"{where}: each stage must be a one-key mapping like '- prune: {{...}}', got {entry!r}")
     (stage, values), = entry.items()
     if stage not in REGISTRY:
-        raise ConfigError(f"{where}: unknown stage {stage!r}{suggest(stage, REGISTRY)}; stages are {sorted(REGISTRY)}")
+        raise ConfigError(f"{where}: unknown stage {stage!r}{suggest(stage, STAGES)}; stages are {list(STAGES)}")
     values = {} if values is None else values
     if not isinstance(values, dict):
         raise ConfigError(f"{where} ({stage}): expected a mapping of fields, got {values!r}")
