@@ -9,7 +9,7 @@ import sys
 from slimtorch import __version__
 from slimtorch.errors import SlimError
 
-VERBS = ("measure",)
+VERBS = ("demo", "compress", "measure")
 
 
 def build_parser() -> argparse.ArgumentParser:

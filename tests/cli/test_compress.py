@@ -1,0 +1,56 @@
+import json
+
+import pytest
+
+from slimtorch.cli.main import main
+
+FINETUNE_ONLY = "stages:\n  - finetune: {epochs: 1, lr: 0.0001, max_batches: 2}\nexport: [safetensors]\n"
+
+
+@pytest.fixture()
+def recipe_file(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(FINETUNE_ONLY)
+    return path
+
+
+def test_compress_writes_model_and_reports(tmp_path, recipe_file, digits_mlp, capsys):
+    out = tmp_path / "out"
+    assert main(["--quiet", "compress", "zoo:digits-mlp", "--recipe", str(recipe_file), "-o", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["before"]["accuracy"] > 0.95 and report["after"]["accuracy"] > 0.9
+    assert [s["stage"] for s in report["stages"]] == ["finetune"]
+    for name in ("report.md", "report.html", "tradeoff.png", "layers.png", "model.safetensors",
+                 "checkpoints/stage-01.safetensors"):
+        assert (out / name).is_file(), name
+    assert "saved size" in capsys.readouterr().out
+
+    # a second run with --resume finds every stage done and only re-measures
+    assert main(["--quiet", "compress", "zoo:digits-mlp", "--recipe", str(recipe_file), "-o", str(out),
+                 "--resume"]) == 0
+    again = json.loads((out / "report.json").read_text())
+    assert again["stages"] == report["stages"]
+
+
+@pytest.mark.parametrize(
+    "recipe, extra, message",
+    [
+        ("stages:\n  - finetun: {}\n", [], "unknown stage 'finetun'"),
+        ("stages:\n  - finetune: {epochs: -1}\n", [], "Finetune.epochs=-1 is out of range"),
+        ("stages:\n  - finetune: {epochs: 1}\n", ["--data", "/no/such/folder"], "is not understood"),
+    ],
+)
+def test_bad_recipe_or_data_fails_before_work(tmp_path, recipe, extra, message, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text(recipe)
+    out = tmp_path / "out"
+    assert main(["compress", "torch.nn:Identity", "--recipe", str(path), "-o", str(out), *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_stage_that_needs_data_without_data(tmp_path, recipe_file, capsys):
+    out = tmp_path / "out"
+    assert main(["compress", "torch.nn:Identity", "--recipe", str(recipe_file), "-o", str(out)]) == 2
+    assert "needs data but none was given" in capsys.readouterr().err
+    assert not out.exists()
