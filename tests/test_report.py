@@ -20,7 +20,7 @@ def test_report_files_hold_before_after_and_stages(tmp_path):
     assert len(report["stages"]) == 1 and report["stages"][0]["stage"] == "finetune"
     assert report["ratios"]["size_x"] > 0
     md = files["md"].read_text()
-    assert "| saved size |" in md and "finetune (finetune)" in md and "tradeoff.png" in md
+    assert "| saved size |" in md and "| finetune |" in md and "tradeoff.png" in md
     html = files["html"].read_text()
     assert html.count("data:image/png;base64,") == 2 and "<table>" in html
     for plot in ("tradeoff", "layers"):

@@ -30,7 +30,8 @@ def _stage_rows(record: RunRecord) -> list[list[str]]:
     rows.append(["0", "original", "-", "-"] + fmt(prev, prev))
     for s in record.stages:
         settings = ", ".join(f"{k}={v}" for k, v in s.config.items() if k != "method")
-        head = [str(s.index + 1), f"{s.stage} ({s.method})", settings, f"{s.seconds:.1f} s"]
+        name = s.stage if s.stage == s.method else f"{s.stage} ({s.method})"
+        head = [str(s.index + 1), name, settings, f"{s.seconds:.1f} s"]
         if s.metrics is None:
             rows.append(head + ["-"] * 5)
             continue
@@ -44,8 +45,8 @@ STAGE_COLUMNS = ["#", "stage", "settings", "time", "saved size", "x smaller (ste
 
 
 def _points(record: RunRecord) -> list[dict[str, Any]]:
-    points = [{"label": "original", **record.before.to_dict()}]
-    points += [{"label": f"{s.index + 1}:{s.stage}", **s.metrics} for s in record.stages if s.metrics]
+    points = [{**record.before.to_dict(), "label": "original"}]
+    points += [{**s.metrics, "label": f"{s.index + 1}:{s.stage}"} for s in record.stages if s.metrics]
     return points
 
 
