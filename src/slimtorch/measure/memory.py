@@ -34,6 +34,24 @@ def activation_peak_bytes(model: nn.Module, example_inputs: Any) -> int:
     return peak
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter or buffer (CPU for a model without tensors)."""
+    for t in list(model.parameters()) + list(model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
 def peak_memory_bytes(model: nn.Module, example_inputs: Any) -> int:
-    """Peak bytes of one inference: weights and buffers plus the activation peak."""
+    """Peak bytes of one inference: weights and buffers plus the activation peak.
+
+    On CUDA this is the allocator's ``max_memory_allocated`` during the forward (weights included).
+    """
+    device = model_device(model)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        with torch.inference_mode():
+            call(model, example_inputs)
+        torch.cuda.synchronize(device)
+        return int(torch.cuda.max_memory_allocated(device))
     return state_bytes(model) + activation_peak_bytes(model, example_inputs)

@@ -13,7 +13,7 @@ from slimtorch.data import batch_size, call
 from slimtorch.errors import ConfigError, UnsupportedModelError
 from slimtorch.measure.flops import count_flops
 from slimtorch.measure.latency import time_fn
-from slimtorch.measure.memory import peak_memory_bytes
+from slimtorch.measure.memory import model_device, peak_memory_bytes
 from slimtorch.measure.size import artifact_bytes, count_params
 
 
@@ -60,7 +60,8 @@ def measure(
     """Measure a model: parameters, saved size, FLOPs, latency, peak memory and (optionally) accuracy.
 
     Latency is timed on ``example_inputs`` (so their batch size is the one recorded) after ``warmup``
-    calls, with the current ``torch.get_num_threads()``. The size is the file ``slimtorch.save`` writes.
+    calls, with the current ``torch.get_num_threads()``; a model on a CUDA device is synchronized after
+    every call. The size is the file ``slimtorch.save`` writes.
 
     Args:
         model: the model (put in eval mode for the measurement and restored after).
@@ -103,8 +104,14 @@ def measure(
                 "pass inputs of the shape the model expects"
             ) from err
         flops = count_flops(model, example_inputs)
-        timing = time_fn(lambda: call(model, example_inputs), warmup=warmup, repeats=repeats,
-                         max_seconds=max_seconds)
+        device = model_device(model)
+
+        def forward() -> None:
+            call(model, example_inputs)
+            if device.type == "cuda":  # time the kernels, not their launch
+                torch.cuda.synchronize(device)
+
+        timing = time_fn(forward, warmup=warmup, repeats=repeats, max_seconds=max_seconds)
         peak = peak_memory_bytes(model, example_inputs)
         size = artifact_bytes(model)
         accuracy = float(eval_fn(model)) if eval_fn is not None else None
