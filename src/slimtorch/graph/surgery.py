@@ -1,0 +1,245 @@
+"""Module surgery: shrink parameters to the kept channels of each group, fix layer attributes, fold conv-bn.
+
+:func:`shrink` is the one place where weights are physically cut: every parameter dim of a
+:class:`~slimtorch.graph.groups.ChannelGraph` keeps the entries of the kept channels, and the owning modules
+(``nn.Linear``, ``nn.Conv*``, norms, embeddings, attention) get matching ``in_features``/``out_channels``/
+``num_heads``... so they are ordinary, smaller torch layers. :func:`fold_conv_bn` folds a BatchNorm into the
+convolution before it (a pure module operation that quantization reuses).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from slimtorch.graph.groups import ChannelGraph, Group
+from slimtorch.graph.labels import Label, entries
+from slimtorch.io.manifest import set_tracked_attr
+
+HEAD_COUNT_WORDS = ("head",)
+NOT_HEAD_COUNT_WORDS = ("dim", "size", "scale")
+
+
+def kept_entries(label: Label, keep: Mapping[int, torch.Tensor]) -> torch.Tensor:
+    """Indices of a dim's entries that survive when each base space keeps the channels in ``keep``.
+
+    Args:
+        label: the dim's resolved label.
+        keep: space id -> sorted 1-D LongTensor of kept channels (spaces not listed keep everything).
+
+    Returns:
+        A sorted 1-D LongTensor of entry indices.
+    """
+    out, pos = [], 0
+    for space, lo, hi, f in label:
+        n = entries((space, lo, hi, f))
+        if space is None or space not in keep:
+            out.append(torch.arange(pos, pos + n))
+        else:
+            chans = keep[space]
+            chans = chans[(chans >= lo) & (chans < hi)] - lo
+            if f >= 1:
+                rep = int(f)
+                idx = (chans[:, None] * rep + torch.arange(rep)[None, :]).reshape(-1)
+            else:  # one entry per block of channels (a head): keep the entries whose first channel is kept
+                block = f.denominator
+                idx = torch.unique(chans // block)
+            out.append(idx + pos)
+        pos += n
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+
+
+def shrink(model: nn.Module, graph: ChannelGraph, keep: Mapping[int, torch.Tensor]) -> list[str]:
+    """Cut every parameter and buffer of ``model`` to the kept channels and fix the owning modules.
+
+    Args:
+        model: the model ``graph`` was built from (or a deep copy of it: parameters are found by name).
+        graph: its channel graph.
+        keep: group id -> sorted LongTensor of the channels to keep; groups not listed keep all.
+
+    Returns:
+        The names of the modules that changed.
+    """
+    keep = {k: v for k, v in keep.items() if v.numel() < _size(graph, k)}
+    changed: dict[str, nn.Module] = {}
+    before = {name: _shape_config(m) for name, m in model.named_modules()}
+    for pname, members in graph.params.items():
+        if not any(seg[0] in keep for m in members for seg in m.label):
+            continue
+        owner_name, _, attr = pname.rpartition(".")
+        owner = model.get_submodule(owner_name) if owner_name else model
+        tensor = getattr(owner, attr)
+        with torch.no_grad():
+            new = tensor.detach()
+            for m in members:
+                new = new.index_select(m.dim, kept_entries(m.label, keep))
+            new = new.clone()
+        if isinstance(tensor, nn.Parameter):
+            setattr(owner, attr, nn.Parameter(new, requires_grad=tensor.requires_grad))
+        else:
+            owner.register_buffer(attr, new, persistent=attr not in owner._non_persistent_buffers_set)
+        changed[owner_name] = owner
+    for name, module in changed.items():
+        _fix_attributes(module, before.get(name, {}))
+    for group in graph.groups:
+        if group.id in keep and group.block > 1:
+            _fix_head_counts(model, group, int(keep[group.id].numel()))
+    return sorted(changed)
+
+
+def _size(graph: ChannelGraph, gid: int) -> int:
+    return next((g.size for g in graph.groups if g.id == gid), 1 << 62)
+
+
+def _shape_config(m: nn.Module) -> dict:
+    if isinstance(m, nn.modules.conv._ConvNd):
+        return {"in": m.in_channels, "out": m.out_channels, "groups": m.groups}
+    return {}
+
+
+def _fix_attributes(m: nn.Module, old: dict) -> None:
+    """Make a module's size attributes agree with its (cut) weights."""
+    if isinstance(m, nn.Linear):
+        m.out_features, m.in_features = m.weight.shape
+    elif isinstance(m, nn.modules.conv._ConvNd):
+        w = m.weight
+        out_ch = w.shape[1] * m.groups if m.transposed else w.shape[0]
+        if old and old["groups"] > 1 and old["groups"] == old["in"]:  # depthwise: groups follow the channels
+            mult = old["out"] // old["in"]
+            m.groups = m.in_channels = out_ch // mult
+        elif m.transposed:
+            m.in_channels = w.shape[0]
+        else:
+            m.in_channels = w.shape[1] * m.groups
+        m.out_channels = out_ch
+    elif isinstance(m, nn.modules.batchnorm._NormBase):
+        ref = m.weight if m.weight is not None else m.running_mean
+        m.num_features = ref.shape[0]
+    elif isinstance(m, nn.LayerNorm) and m.weight is not None:
+        m.normalized_shape = tuple(m.weight.shape)
+    elif isinstance(m, nn.GroupNorm) and m.weight is not None:
+        m.num_channels = m.weight.shape[0]
+    elif isinstance(m, nn.Embedding):
+        m.embedding_dim = m.weight.shape[1]
+    elif hasattr(m, "resize_attributes"):
+        m.resize_attributes()
+
+
+def _fix_head_counts(model: nn.Module, group: Group, kept: int) -> None:
+    """After removing heads, update head-count attributes (``num_heads``, ``num_attention_heads``, ``n_head``,
+    ``all_head_size`` ...) of the attention module that owns the projections."""
+    old_heads, new_heads = group.size // group.block, kept // group.block
+    owner = _common_prefix(group.producers)
+    for name in _ancestors(owner):
+        module = model.get_submodule(name) if name else model
+        hit = False
+        for attr, value in list(vars(module).items()):
+            if not isinstance(value, int) or isinstance(value, bool) or attr.startswith("_"):
+                continue
+            low = attr.lower()
+            if value == old_heads and "head" in low and not any(w in low for w in NOT_HEAD_COUNT_WORDS):
+                set_tracked_attr(module, attr, new_heads)
+                hit = True
+            elif value == group.size and ("all_head" in low or "inner" in low):
+                set_tracked_attr(module, attr, kept)
+                hit = True
+        if hit or hasattr(module, "resize_attributes"):
+            if hasattr(module, "resize_attributes"):
+                module.resize_attributes()
+            return
+
+
+def _common_prefix(names: list[str]) -> str:
+    parts = [n.split(".") for n in names if n]
+    if not parts:
+        return ""
+    common = []
+    for items in zip(*parts, strict=False):
+        if len(set(items)) != 1:
+            break
+        common.append(items[0])
+    if len(parts) == 1:  # a single projection: its parent owns the head count
+        common = common[:-1]
+    return ".".join(common)
+
+
+def _ancestors(name: str) -> list[str]:
+    parts = name.split(".") if name else []
+    return [".".join(parts[:k]) for k in range(len(parts), -1, -1)]
+
+
+def fold_conv_bn(conv: nn.Conv1d | nn.Conv2d | nn.Conv3d, bn: nn.modules.batchnorm._BatchNorm) -> nn.Module:
+    """Return a new convolution equal to ``bn(conv(x))`` in eval mode (BatchNorm folded into the filters).
+
+    ``w' = w * gamma / sqrt(var + eps)`` per output channel and ``b' = (b - mean) * gamma / sqrt(var + eps) + beta``.
+    Neither input module is changed.
+
+    Args:
+        conv: a non-transposed convolution.
+        bn: the BatchNorm that reads its output, with running statistics.
+
+    Returns:
+        The folded convolution (always with a bias).
+
+    Raises:
+        ValueError: the BatchNorm has no running statistics or does not match the conv's channels.
+    """
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError(f"{type(bn).__name__} has no running statistics to fold")
+    if bn.num_features != conv.out_channels or conv.transposed:
+        raise ValueError("the BatchNorm does not follow the convolution's output channels")
+    fused = copy.deepcopy(conv)
+    with torch.no_grad():
+        scale = (bn.weight if bn.weight is not None else torch.ones_like(bn.running_var)) / torch.sqrt(
+            bn.running_var + bn.eps)
+        shift = bn.bias if bn.bias is not None else torch.zeros_like(bn.running_mean)
+        bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+        fused.weight = nn.Parameter(conv.weight * scale.reshape(-1, *([1] * (conv.weight.dim() - 1))))
+        fused.bias = nn.Parameter((bias - bn.running_mean) * scale + shift)
+    return fused
+
+
+def fold_batchnorms(model: nn.Module, example_inputs) -> list[tuple[str, str]]:
+    """Fold every BatchNorm that directly and only follows a convolution into it, in place.
+
+    The conv is replaced by its folded copy and the BatchNorm by ``nn.Identity``; the model must be used in
+    eval mode afterwards (the statistics are baked in).
+
+    Args:
+        model: the model (changed in place).
+        example_inputs: inputs for one traced forward pass.
+
+    Returns:
+        The ``(conv, batchnorm)`` module name pairs that were folded.
+    """
+    from slimtorch.graph.trace import trace
+
+    tr = trace(model, example_inputs)
+    uses: dict[int, int] = {}
+    for op in tr.ops:
+        for r in op.refs():
+            uses[r] = uses.get(r, 0) + 1
+    producer = {op.outputs[0]: op for op in tr.ops if op.name in {"conv1d", "conv2d", "conv3d"}}
+    pairs = []
+    for op in tr.ops:
+        if op.name != "batch_norm" or not op.refs():
+            continue
+        src = producer.get(op.refs()[0])
+        if src is None or uses.get(src.outputs[0], 0) != 1 or not src.module or not op.module:
+            continue
+        conv, bn = model.get_submodule(src.module), model.get_submodule(op.module)
+        if isinstance(conv, nn.modules.conv._ConvNd) and isinstance(bn, nn.modules.batchnorm._BatchNorm):
+            pairs.append((src.module, op.module))
+    for conv_name, bn_name in pairs:
+        fused = fold_conv_bn(model.get_submodule(conv_name), model.get_submodule(bn_name))
+        _set_module(model, conv_name, fused)
+        _set_module(model, bn_name, nn.Identity())
+    return pairs
+
+
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
