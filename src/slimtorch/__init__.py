@@ -17,6 +17,7 @@ from slimtorch.io.save import save  # noqa: E402
 from slimtorch.measure import Comparison, Metrics, compare, measure  # noqa: E402
 from slimtorch.train.finetune import Finetune, finetune  # noqa: E402
 from slimtorch.recipe import Recipe, load_recipe  # noqa: E402
+from slimtorch.lowrank import LowRank, LowRankConv2d, LowRankLinear, SpatialSVDConv2d, Tucker2Conv2d  # noqa: E402
 
 from slimtorch.api import compress, decompose, prune, quantize  # noqa: E402  (keep last)
 
@@ -26,6 +27,11 @@ __all__ = [
     "ConfigError",
     "DataError",
     "Finetune",
+    "LowRank",
+    "LowRankConv2d",
+    "LowRankLinear",
+    "SpatialSVDConv2d",
+    "Tucker2Conv2d",
     "Metrics",
     "SlimError",
     "UnsupportedModelError",
