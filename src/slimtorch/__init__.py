@@ -18,6 +18,7 @@ from slimtorch.measure import Comparison, Metrics, compare, measure  # noqa: E40
 from slimtorch.train.finetune import Finetune, finetune  # noqa: E402
 from slimtorch.recipe import Recipe, load_recipe  # noqa: E402
 from slimtorch.lowrank import LowRank, LowRankConv2d, LowRankLinear, SpatialSVDConv2d, Tucker2Conv2d  # noqa: E402
+from slimtorch.prune.structured import StructuredPruning  # noqa: E402
 
 from slimtorch.api import compress, decompose, prune, quantize  # noqa: E402  (keep last)
 
@@ -34,6 +35,7 @@ __all__ = [
     "Tucker2Conv2d",
     "Metrics",
     "SlimError",
+    "StructuredPruning",
     "UnsupportedModelError",
     "__version__",
     "Recipe",

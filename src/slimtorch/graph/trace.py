@@ -9,6 +9,7 @@ weights an op reads, including parameters used directly in ``forward`` (class to
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,6 +79,19 @@ def op_name(func: Any) -> str:
     return name.rstrip("_") or name
 
 
+_PAUSED = [0]
+
+
+@contextlib.contextmanager
+def untraced():
+    """Ops run inside this block are not recorded (side outputs such as averaged attention weights)."""
+    _PAUSED[0] += 1
+    try:
+        yield
+    finally:
+        _PAUSED[0] -= 1
+
+
 class _Recorder(TorchFunctionMode):
     def __init__(self, trace: Trace, named: dict[int, str], module_stack: list[str]) -> None:
         super().__init__()
@@ -106,7 +120,7 @@ class _Recorder(TorchFunctionMode):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         tensors = [o for o in (out if isinstance(out, tuple | list) else [out]) if isinstance(o, torch.Tensor)]
-        if tensors:
+        if tensors and not _PAUSED[0]:
             rargs, rkwargs = self.ref(args), self.ref(kwargs)
             outs = []
             for t in tensors:
