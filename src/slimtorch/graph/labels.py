@@ -174,6 +174,24 @@ class Spaces:
             self.freeze(x, f"{why}: channels are not aligned")
             self.freeze(y, f"{why}: channels are not aligned")
 
+    def split_space(self, label: Label, sizes: list[int]) -> list[Label] | None:
+        """If ``label`` is one whole, unconstrained space, redefine it as fresh consecutive parts of ``sizes``
+        (a fused q/k/v projection split in three) and return the parts' labels; otherwise None."""
+        resolved = self.resolve(label)
+        if len(resolved) != 1 or not self._whole(resolved[0]) or resolved[0][3] != 1:
+            return None
+        r = resolved[0][0]
+        if r in self.block or r in self.groups or sum(sizes) != self.size[r]:
+            return None
+        parts = [self.new(n) for n in sizes]
+        for p in parts:
+            if r in self.frozen:
+                self.frozen[p] = self.frozen[r]
+            if r in self.producer:
+                self.producer.add(p)
+        self.definition[r] = tuple((p, 0, n, Fraction(1)) for p, n in zip(parts, sizes, strict=True))
+        return [((p, 0, n, Fraction(1)),) for p, n in zip(parts, sizes, strict=True)]
+
     def _whole(self, seg: Seg) -> bool:
         return seg[0] is not None and seg[1] == 0 and seg[2] == self.size[seg[0]]
 

@@ -221,6 +221,13 @@ def split(b, op: Op) -> None:
     dim = arg(op, 2, "dim", 0) if op.name in splits else arg(op, 1, "dim")
     dim = int(dim) % len(s)
     start = int(arg(op, 2, "start", 0)) if op.name == "narrow" else 0
+    sizes = [b.shape(o)[dim] for o in op.outputs]
+    if op.name != "narrow" and dims[dim] is not None and sum(sizes) == s[dim] and len(sizes) > 1:
+        parts = b.spaces.split_space(dims[dim], sizes)
+        if parts is not None:  # a fused projection split into parts: each part is its own space
+            for o, part in zip(op.outputs, parts, strict=True):
+                b.set(o, dims[:dim] + [part] + dims[dim + 1:])
+            return
     for o in op.outputs:
         size = b.shape(o)[dim]
         out = list(dims)

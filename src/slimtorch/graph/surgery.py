@@ -66,6 +66,11 @@ def shrink(model: nn.Module, graph: ChannelGraph, keep: Mapping[int, torch.Tenso
     keep = {k: v for k, v in keep.items() if v.numel() < _size(graph, k)}
     changed: dict[str, nn.Module] = {}
     before = {name: _shape_config(m) for name, m in model.named_modules()}
+    owners: dict[int, list[tuple[str, nn.Module, str]]] = {}  # tied tensors: every module holding one
+    for mname, module in model.named_modules(remove_duplicate=False):
+        for attr, t in list(module._parameters.items()) + list(module._buffers.items()):
+            if t is not None:
+                owners.setdefault(id(t), []).append((mname, module, attr))
     for pname, members in graph.params.items():
         if not any(seg[0] in keep for m in members for seg in m.label):
             continue
@@ -77,11 +82,14 @@ def shrink(model: nn.Module, graph: ChannelGraph, keep: Mapping[int, torch.Tenso
             for m in members:
                 new = new.index_select(m.dim, kept_entries(m.label, keep))
             new = new.clone()
-        if isinstance(tensor, nn.Parameter):
-            setattr(owner, attr, nn.Parameter(new, requires_grad=tensor.requires_grad))
-        else:
-            owner.register_buffer(attr, new, persistent=attr not in owner._non_persistent_buffers_set)
-        changed[owner_name] = owner
+        replacement = nn.Parameter(new, requires_grad=tensor.requires_grad) if isinstance(
+            tensor, nn.Parameter) else None
+        for mname, module, mattr in owners.get(id(tensor), [(owner_name, owner, attr)]):
+            if replacement is not None:
+                setattr(module, mattr, replacement)
+            else:
+                module.register_buffer(mattr, new, persistent=mattr not in module._non_persistent_buffers_set)
+            changed[mname] = module
     for name, module in changed.items():
         _fix_attributes(module, before.get(name, {}))
     for group in graph.groups:
