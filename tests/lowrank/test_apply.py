@@ -137,3 +137,12 @@ def test_half_the_parameters_with_finetuning_stays_within_one_point(digits_cnn):
                  data=data)
     assert sum(r["status"] == "decomposed" for r in model.slimtorch_lowrank) >= 8
     assert data.evaluate(model) >= base - 0.01
+
+
+def test_compress_runs_a_decompose_then_finetune_recipe(digits_mlp):
+    model, data = digits_mlp
+    model = copy.deepcopy(model)
+    recipe = Recipe(stages=(st.LowRank(rank_ratio=0.125, method="svd"), st.Finetune(epochs=1, max_batches=5)))
+    st.compress(model, recipe, data=data, eval_fn=data.evaluate)
+    assert isinstance(model.fc2, st.LowRankLinear) and model.fc2.rank == 128
+    assert data.evaluate(model) > 0.95

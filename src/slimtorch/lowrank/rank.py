@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 #: fractions of a layer's full rank tried when a budget is spread over layers
-RATIO_GRID = (0.03125, 0.0625, 0.09375, 0.125, 0.1875, 0.25, 0.3125, 0.375, 0.4375, 0.5, 0.625, 0.75, 0.875)
+RATIO_GRID = tuple(i / 32 for i in range(1, 16)) + tuple(i / 16 for i in range(8, 15))
 
 
 def energy_rank(singular_values: torch.Tensor, energy: float) -> int:
