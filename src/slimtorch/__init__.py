@@ -19,6 +19,7 @@ from slimtorch.train.finetune import Finetune, finetune  # noqa: E402
 from slimtorch.recipe import Recipe, load_recipe  # noqa: E402
 from slimtorch.lowrank import LowRank, LowRankConv2d, LowRankLinear, SpatialSVDConv2d, Tucker2Conv2d  # noqa: E402
 from slimtorch.prune.structured import StructuredPruning  # noqa: E402
+from slimtorch.prune.layers import LayerPruning  # noqa: E402
 
 from slimtorch.api import compress, decompose, prune, quantize  # noqa: E402  (keep last)
 
@@ -28,6 +29,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "Finetune",
+    "LayerPruning",
     "LowRank",
     "LowRankConv2d",
     "LowRankLinear",
