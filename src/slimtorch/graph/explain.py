@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import warnings
 
-from slimtorch.graph.groups import ChannelGraph, Group
-
-OUTPUT_REASON = "it reaches the model's output"
+from slimtorch.graph.groups import INPUT_REASON, OUTPUT_REASON, ChannelGraph, Group
 
 
 def describe(group: Group, max_members: int = 8) -> str:
@@ -34,7 +32,7 @@ def explain(graph: ChannelGraph, max_members: int = 8) -> str:
 def untouched(graph: ChannelGraph) -> list[str]:
     """Producing layers left untouched for a reason other than keeping the model's output shape."""
     return [f"{', '.join(g.producers) or f'group {g.id}'} ({g.frozen})" for g in graph.groups
-            if g.frozen and not g.frozen.startswith(OUTPUT_REASON)]
+            if g.frozen and g.frozen not in (OUTPUT_REASON, INPUT_REASON)]
 
 
 def warn_untouched(graph: ChannelGraph) -> None:

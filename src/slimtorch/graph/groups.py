@@ -21,6 +21,9 @@ from slimtorch.graph.labels import Label, Misaligned, Spaces
 from slimtorch.graph.rules import rule_for
 from slimtorch.graph.trace import Op, Ref, Trace, trace
 
+OUTPUT_REASON = "it reaches the model's output, whose shape is kept"
+INPUT_REASON = "it meets the model's input, whose shape is kept"
+
 
 @dataclass
 class Member:
@@ -166,6 +169,13 @@ def build(model: nn.Module, example_inputs: Any) -> ChannelGraph:
     """
     tr = trace(model, example_inputs)
     b = _Builder(tr)
+    for ref in tr.inputs:  # the model's inputs keep their shape: their dims are spaces frozen from the start
+        labels = []
+        for n in tr.shapes[ref]:
+            s = b.spaces.new(n)
+            b.spaces.frozen[s] = INPUT_REASON
+            labels.append(((s, 0, n, Fraction(1)),) if n > 1 else None)
+        b.labels[ref] = labels
     for op in tr.ops:
         try:
             rule_for(op)(b, op)
@@ -175,7 +185,7 @@ def build(model: nn.Module, example_inputs: Any) -> ChannelGraph:
             unsupported(b, op)
     for out in tr.outputs:
         for label in b.dims(out):
-            b.freeze(label, "it reaches the model's output, whose shape is kept")
+            b.freeze(label, OUTPUT_REASON)
     return _collect(b)
 
 

@@ -166,6 +166,9 @@ class Spaces:
             rx, ry = self.resolve(x), self.resolve(y)
             if rx == ry:
                 return
+            if len(rx) == len(ry) == 1 and self._whole(rx[0]) and self._whole(ry[0]) and rx[0][3] == ry[0][3]:
+                self.union(rx[0][0], ry[0][0])
+                return
             if self._define(rx, ry) or self._define(ry, rx):
                 return
             for sx, sy in zip(*_refine(rx, ry), strict=True):
@@ -200,7 +203,8 @@ class Spaces:
         if len(x) != 1 or not self._whole(x[0]) or x[0][3] != 1:
             return False
         r = x[0][0]
-        if r in self.bases(y) or r in self.block or r in self.groups:
+        bases = self.bases(y)
+        if not bases or r in bases or r in self.block or r in self.groups:
             return False
         if r in self.frozen:
             self.freeze(y, self.frozen[r])
