@@ -24,7 +24,7 @@ from slimtorch.errors import ConfigError, DataError, UnsupportedModelError
 from slimtorch.graph.attention import convert_attention
 from slimtorch.graph.explain import explain, warn_untouched
 from slimtorch.graph.groups import ChannelGraph, Group, build
-from slimtorch.graph.surgery import shrink
+from slimtorch.graph.surgery import kept_entries, shrink
 from slimtorch.select import matches
 
 Importance = Literal["l1", "l2", "bn_scale", "taylor", "random"]
@@ -122,6 +122,33 @@ def choose_channels(scores: torch.Tensor, kept: int, *, block: int = 1, groups: 
     base = torch.arange(groups)[:, None] * units.shape[1]
     unit_idx = (best + base).reshape(-1)
     return (unit_idx[:, None] * block + torch.arange(block)[None, :]).reshape(-1)
+
+
+def slimming_regularizer(strength: float = 1e-4):
+    """Network-slimming sparsity on BatchNorm scales, as an ``on_step`` callback for ``st.finetune``.
+
+    After every optimizer step each BatchNorm ``gamma`` is shrunk toward zero by ``strength`` (the proximal
+    step of an L1 penalty), so unimportant channels get small scales that ``importance="bn_scale"`` removes.
+
+    Args:
+        strength: L1 shrink per step (in units of gamma).
+
+    Returns:
+        ``on_step(model)``.
+
+    Example:
+        >>> st.finetune(model, data, on_step=slimming_regularizer(1e-4))  # doctest: +SKIP
+    """
+    if strength < 0:
+        raise ConfigError(f"slimming strength={strength!r} must be >= 0")
+
+    def on_step(model: nn.Module) -> None:
+        with torch.no_grad():
+            for m in model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None:
+                    m.weight.copy_(m.weight.sign() * (m.weight.abs() - strength).clamp_min(0))
+
+    return on_step
 
 
 # ---------------------------------------------------------------- scoring a graph
@@ -266,15 +293,18 @@ def prune_once(model: nn.Module, cfg: StructuredPruning, example_inputs: Any, *,
 
 
 def _search(model, graph, groups, scores, cfg, example_inputs, goal) -> dict[int, torch.Tensor]:
-    """Bisect the channel fraction until the measured params/FLOPs reach ``goal``."""
+    """Bisect the channel fraction until the predicted params/FLOPs reach ``goal``.
+
+    Parameter counts are exact from the planned shapes; FLOPs are the measured total with every conv and
+    linear rescaled to its planned weight shape (other ops, e.g. attention matmuls, kept as measured).
+    """
+    cost = CostModel(model, graph, cfg.target, _measure(model, cfg.target, example_inputs))
     lo, hi = 0.0, 1.0
     best = plan(groups, scores, 0.0, cfg)
-    for _ in range(14):
+    for _ in range(20):
         mid = (lo + hi) / 2
         keep = plan(groups, scores, mid, cfg)
-        trial = copy.deepcopy(model)
-        shrink(trial, graph, keep)
-        if _measure(trial, cfg.target, example_inputs) <= goal:
+        if cost(keep) <= goal:
             best, hi = keep, mid
         else:
             lo = mid
@@ -283,6 +313,41 @@ def _search(model, graph, groups, scores, cfg, example_inputs, goal) -> dict[int
         logger.warning("structured pruning: the %s target cannot be reached within max_layer_ratio=%s; "
                        "pruned as far as allowed", cfg.target, cfg.max_layer_ratio)
     return best
+
+
+class CostModel:
+    """Params or FLOPs of the model after a keep plan, without cutting anything."""
+
+    def __init__(self, model: nn.Module, graph: ChannelGraph, target: str, measured: float) -> None:
+        self.graph = graph
+        self.target = target
+        self.shapes = {}
+        for name, p in model.named_parameters():  # tied parameters are listed (and counted) once
+            self.shapes[name] = tuple(p.shape)
+        self.layers = []  # (weight name, output positions) of every conv/linear call
+        tr = graph.trace
+        for op in tr.ops:
+            refs = op.refs()
+            if op.name in {"linear", "conv1d", "conv2d", "conv3d"} and len(refs) > 1 and refs[1] in tr.params:
+                out = tr.shapes[op.outputs[0]]
+                channels = out[-1] if op.name == "linear" else out[1]
+                self.layers.append((tr.params[refs[1]], math.prod(out) // max(channels, 1)))
+        self.rest = measured - self._count({}) if target == "flops" else 0.0
+
+    def _shape(self, name: str, keep) -> tuple[int, ...]:
+        shape = list(self.shapes.get(name, ()))
+        for m in self.graph.params.get(name, ()):
+            shape[m.dim] = int(kept_entries(m.label, keep).numel())
+        return tuple(shape)
+
+    def _count(self, keep) -> float:
+        if self.target == "params":
+            return float(sum(math.prod(self._shape(n, keep)) for n in self.shapes))
+        return float(sum(2 * pos * math.prod(self._shape(n, keep)) for n, pos in self.layers))
+
+    def __call__(self, keep) -> float:
+        """Predicted params or FLOPs after keeping ``keep``."""
+        return self._count(keep) + self.rest
 
 
 def _output_shapes(model: nn.Module, example_inputs: Any) -> list[tuple[int, ...]]:
