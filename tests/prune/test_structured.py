@@ -172,7 +172,7 @@ def test_zoo_cnn_half_flops_with_finetuning_keeps_accuracy_and_saves(digits_cnn,
     base, flops = data.evaluate(teacher), count_flops(teacher, ex)
     st.prune(model, st.StructuredPruning(ratio=0.5, target="flops", importance="taylor", round_to=8),
              example_inputs=ex, data=data)
-    st.finetune(model, data, teacher=teacher, epochs=2)
+    st.finetune(model, data, teacher=teacher, epochs=1)
     assert count_flops(model, ex) <= 0.5 * flops
     assert data.evaluate(model) >= base - 0.01
     loaded = st.load(st.save(model, tmp_path / "cnn"), Arch()).eval()

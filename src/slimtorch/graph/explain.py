@@ -39,7 +39,9 @@ def warn_untouched(graph: ChannelGraph) -> None:
     """Emit one ``UserWarning`` naming every layer left untouched and every op without a rule."""
     names = untouched(graph)
     if names or graph.unsupported:
-        msg = "structured pruning leaves these layers untouched: " + "; ".join(names)
+        msg = "structured pruning leaves some channels untouched"
+        if names:
+            msg += "; layers kept: " + "; ".join(names)
         if graph.unsupported:
-            msg += ". Ops without a channel rule: " + ", ".join(graph.unsupported)
+            msg += "; ops without a channel rule: " + ", ".join(graph.unsupported)
         warnings.warn(msg, UserWarning, stacklevel=3)

@@ -85,7 +85,7 @@ class _Builder:
         self.labels: dict[int, list] = {}
         self.param_dims: dict[tuple[str, int], int] = {}
         self.producers: list[tuple[Label, str]] = []
-        self.unsupported: list[str] = []
+        self.pending: list[tuple[str, list]] = []
 
     def shape(self, ref: Ref | int) -> tuple[int, ...]:
         return self.trace.shapes[ref.id if isinstance(ref, Ref) else ref]
@@ -147,10 +147,22 @@ class _Builder:
         if self.spaces.groups.setdefault(r, groups) != groups:
             self.spaces.frozen.setdefault(r, "two different group counts meet")
 
-    def report(self, op: Op) -> None:
-        where = f"{op.name!r} in {op.module or 'forward'}"
-        if where not in self.unsupported:
-            self.unsupported.append(where)
+    def report(self, op: Op, labels: list) -> None:
+        """Remember an op without a rule; it is reported if it froze channels some layer produces."""
+        self.pending.append((f"{op.name!r} in {op.module or 'forward'}", labels))
+
+    def reported(self) -> list[str]:
+        out = []
+        for where, labels in self.pending:
+            roots = set()
+            for label in labels:
+                try:
+                    roots |= self.spaces.bases(label)
+                except Misaligned:
+                    continue
+            if roots & {self.spaces.find(r) for r in self.spaces.producer} and where not in out:
+                out.append(where)
+        return out
 
 
 def build(model: nn.Module, example_inputs: Any) -> ChannelGraph:
@@ -225,4 +237,4 @@ def _collect(b: _Builder) -> ChannelGraph:
         if group.size % (group.block * group.groups):
             group.frozen = group.frozen or "channel count is not a multiple of its head size times its groups"
         groups.append(group)
-    return ChannelGraph(groups, params, b.unsupported, b.trace)
+    return ChannelGraph(groups, params, b.reported(), b.trace)

@@ -133,6 +133,21 @@ def matmul(b, op: Op) -> None:
     b.set(op.outputs[0], batch + [xd[-2], yd[-1]])
 
 
+def addmm(b, op: Op) -> None:
+    """bias + a @ W (Hugging Face Conv1D): a's columns couple with W's rows; W's columns produce channels."""
+    bias, x, w = (_ref(sr.arg(op, i, n)) for i, n in enumerate(("input", "mat1", "mat2")))
+    if x is None or w is None or len(b.shape(x)) != 2 or len(b.shape(w)) != 2:
+        return sr.unsupported(b, op)
+    xd, wd = b.dims(x), b.dims(w)
+    where = f"addmm {op.module or 'forward'}"
+    b.unify(xd[1], wd[0], b.shape(w)[0], where)
+    if bias is not None and len(b.shape(bias)) == 1:
+        b.unify(wd[1], b.dims(bias)[0], b.shape(w)[1], where)
+    if w.id in b.trace.params:
+        b.mark_producer(wd[1], op.module)
+    b.set(op.outputs[0], [xd[0], wd[1]])
+
+
 def sdpa(b, op: Op) -> None:
     """scaled_dot_product_attention(q, k, v): heads couple across q, k, v; q·k contract; v's dim is kept."""
     q, k, v = (_ref(sr.arg(op, i, n)) for i, n in enumerate(("query", "key", "value")))
@@ -171,7 +186,7 @@ RULES = {
     "layer_norm": layer_norm, "rms_norm": layer_norm,
     "group_norm": group_norm,
     "embedding": embedding,
-    "matmul": matmul, "bmm": matmul, "mm": matmul,
+    "matmul": matmul, "bmm": matmul, "mm": matmul, "addmm": addmm,
     "scaled_dot_product_attention": sdpa,
     "getitem": sr.getitem,
     "cat": sr.cat, "concat": sr.cat, "concatenate": sr.cat,

@@ -276,14 +276,14 @@ def stack(b, op: Op) -> None:
 
 def unsupported(b, op: Op) -> None:
     """No rule: freeze every channel the op touches and report it."""
-    touched = False
+    touched = []
     for ref in tensors(op):
         for label in b.dims(ref):
             if label is not None:
-                touched = True
+                touched.append(label)
                 b.freeze(label, f"op {op.name!r} in {op.module or 'forward'} has no channel rule")
     if touched:
-        b.report(op)
+        b.report(op, touched)
     for o in op.outputs:
         b.set(o, None)
 

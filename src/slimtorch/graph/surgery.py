@@ -134,6 +134,8 @@ def _fix_attributes(m: nn.Module, old: dict) -> None:
         m.embedding_dim = m.weight.shape[1]
     elif hasattr(m, "resize_attributes"):
         m.resize_attributes()
+    elif isinstance(getattr(m, "nf", None), int) and getattr(m, "weight", None) is not None:
+        set_tracked_attr(m, "nf", int(m.weight.shape[1]))  # Hugging Face Conv1D: weight is (in, out)
 
 
 def _fix_head_counts(model: nn.Module, group: Group, kept: int) -> None:
@@ -151,7 +153,7 @@ def _fix_head_counts(model: nn.Module, group: Group, kept: int) -> None:
             if value == old_heads and "head" in low and not any(w in low for w in NOT_HEAD_COUNT_WORDS):
                 set_tracked_attr(module, attr, new_heads)
                 hit = True
-            elif value == group.size and ("all_head" in low or "inner" in low):
+            elif value == group.size and any(w in low for w in ("all_head", "inner", "split_size")):
                 set_tracked_attr(module, attr, kept)
                 hit = True
         if hit or hasattr(module, "resize_attributes"):
