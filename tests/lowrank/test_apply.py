@@ -102,32 +102,6 @@ def test_batchnorm_statistics_are_not_touched_by_calibration(digits_cnn):
     assert model.training and torch.equal(model.stem[1].running_mean, mean)
 
 
-def test_errors_name_the_field_and_the_way_out():
-    with pytest.raises(st.ConfigError, match="exactly one of"):
-        st.LowRank()
-    with pytest.raises(st.ConfigError, match="exactly one of"):
-        st.LowRank(rank=4, energy=0.9)
-    with pytest.raises(st.ConfigError, match="LowRank.energy=1.5 is out of range"):
-        st.LowRank(energy=1.5)
-    with pytest.raises(st.ConfigError, match="method='tuker' is not allowed.*did you mean 'tucker'"):
-        st.LowRank(rank=4, method="tuker")
-    with pytest.raises(st.DataError, match="needs calibration data"):
-        st.decompose(_mlp(), st.LowRank(rank=4, data_aware=True))
-    with pytest.raises(st.ConfigError, match="unreachable"):
-        st.decompose(_mlp(), st.LowRank(target=50.0, allocation="uniform"))
-
-
-def test_recipe_round_trip_passes_method_through(tmp_path):
-    recipe = Recipe(stages=(st.LowRank(energy=0.9, method="tucker", exclude=("head",)), st.Finetune(epochs=1)))
-    path = tmp_path / "r.yaml"
-    path.write_text(recipe.to_yaml())
-    assert "method: tucker" in path.read_text()
-    assert load_recipe(path) == recipe
-    path.write_text("stages:\n  - decompose: {method: spatial_svd, rank_ratio: 0.5}\n")
-    (stage,) = load_recipe(path).stages
-    assert stage == st.LowRank(method="spatial_svd", rank_ratio=0.5)
-
-
 @pytest.mark.slow
 def test_half_the_parameters_with_finetuning_stays_within_one_point(digits_cnn):
     model, data = digits_cnn

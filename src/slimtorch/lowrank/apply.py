@@ -80,7 +80,8 @@ def _budget(config: LowRank, model: nn.Module, layers: list[Layer], batches: lis
     return budget
 
 
-def _options(layer: Layer, config: LowRank) -> list[Rank]:
+def _options(layer: Layer) -> list[Rank]:
+    """Candidate ranks at the grid's fractions of the full rank that make the layer cheaper."""
     ranks = []
     for ratio in RATIO_GRID:
         r = layer.rank_at_ratio(ratio)
@@ -106,7 +107,7 @@ def _allocate(model: nn.Module, config: LowRank, layers: list[Layer], batches: l
             reference = reference_outputs(model, batches)
             options = {}
             for layer in progress(layers, "rank sensitivity"):
-                errors = sensitivity(model, layer, _options(layer, config), batches, reference)
+                errors = sensitivity(model, layer, _options(layer), batches, reference)
                 options[layer.name] = [Option(r, layer.cost(r, metric), e) for r, e in errors.items()]
             picks = allocate(options, dense, budget)
             return {name: None if opt is None else opt.rank for name, opt in picks.items()}
@@ -139,8 +140,30 @@ def decompose_lowrank(
 ) -> nn.Module:
     """Replace the chosen Linear/Conv2d layers of ``model`` by low-rank factorizations, in place.
 
-    The decisions (layer, method, rank, weights before and after, or why a layer was left alone) are kept
-    as ``model.slimtorch_lowrank``, a list of dicts.
+    The handler behind ``slimtorch.decompose(model, LowRank(...))``. The decisions (layer, method, rank,
+    weights before and after, or why a layer was left alone) are kept as ``model.slimtorch_lowrank``, a list
+    of dicts.
+
+    Args:
+        model: the model (changed in place; its train/eval mode is kept).
+        config: the :class:`LowRank` settings.
+        data: calibration batches (and labelled training batches when ``finetune_epochs`` > 0): a loader, a
+            list of batches or zoo data (its ``calibration`` and ``train`` loaders are used).
+        example_inputs: inputs for one forward when there is no data (layer sizes for FLOPs).
+        select: include patterns restricting the layers (see ``slimtorch.select``).
+        seed: seed of the fine-tuning's shuffling.
+
+    Returns:
+        The same model.
+
+    Example:
+        >>> import slimtorch as st, torch
+        >>> model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10))
+        >>> st.decompose(model, st.LowRank(rank_ratio=0.25))[0]
+        LowRankLinear(
+          (first): Linear(in_features=64, out_features=16, bias=False)
+          (second): Linear(in_features=16, out_features=256, bias=True)
+        )
 
     Raises:
         DataError: data-aware factors, sensitivity allocation or fine-tuning without calibration data.
