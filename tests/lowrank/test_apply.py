@@ -6,7 +6,7 @@ from torch import nn
 
 import slimtorch as st
 from slimtorch.measure.size import count_params
-from slimtorch.recipe import Recipe, load_recipe
+from slimtorch.recipe import Recipe
 
 
 def _mlp() -> nn.Module:
