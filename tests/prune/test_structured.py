@@ -115,6 +115,19 @@ def test_slimming_regularizer_shrinks_bn_scales():
     assert (w[(w.abs() > 0)].abs() <= 0.7 + 1e-6).all() and (w == 0).sum() >= 8
 
 
+def test_batchnorm_statistics_are_recalibrated_on_data():
+    from slimtorch.prune.structured import recalibrate_batchnorm
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).eval()
+    x = torch.randn(16, 3, 8, 8) * 3 + 1
+    assert recalibrate_batchnorm(model, [(x, torch.zeros(16))], 4) == 1
+    with torch.no_grad():
+        act = model[0](x)
+    torch.testing.assert_close(model[1].running_mean, act.mean((0, 2, 3)), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(model[1].running_var, act.var((0, 2, 3)), atol=1e-3, rtol=1e-3)
+    assert not model.training and model[1].momentum == 0.1
+
+
 def test_config_errors_name_field_and_allowed_values():
     with pytest.raises(st.ConfigError, match="ratio"):
         st.StructuredPruning(ratio=1.0)

@@ -47,7 +47,9 @@ class StructuredPruning(Config):
         ignore: layers (names, globs, "re:" regexes or type names) whose output channels are never removed.
         steps: prune in this many equal steps (iterative pruning).
         finetune_epochs: epochs of ``st.finetune`` (distilling from the unpruned model) after each step; needs data.
-        calibration_batches: batches of data used for Taylor importance.
+        calibration_batches: batches of data used for Taylor importance and BatchNorm recalibration.
+        recalibrate_bn: when data is given, re-estimate BatchNorm running statistics on it after each step
+            (removing a layer's input channels shifts the statistics its BatchNorm saw).
     """
 
     ratio: float = 0.5
@@ -59,7 +61,8 @@ class StructuredPruning(Config):
     ignore: tuple[str, ...] = ()
     steps: int = 1
     finetune_epochs: int = 0
-    calibration_batches: int = 4
+    calibration_batches: int = 8
+    recalibrate_bn: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -212,6 +215,32 @@ def taylor_grads(model: nn.Module, data: Any, batches: int) -> dict[str, torch.T
     model.zero_grad(set_to_none=True)
     model.train(was)
     return grads
+
+
+def recalibrate_batchnorm(model: nn.Module, data: Any, batches: int) -> int:
+    """Re-estimate every BatchNorm's running mean and variance on ``batches`` batches (cumulative average).
+
+    Returns:
+        The number of batches used (0 when the model has no BatchNorm).
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms:
+        return 0
+    was = model.training
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average over the calibration batches
+    model.train()
+    seen = 0
+    with torch.no_grad():
+        for batch in _batches(data, batches):
+            call(model, split_batch(batch)[0])
+            seen += 1
+    for m, momentum in zip(norms, saved, strict=True):
+        m.momentum = momentum
+    model.train(was)
+    return seen
 
 
 def _batches(data: Any, n: int):
@@ -394,6 +423,8 @@ def apply_structured(model: nn.Module, config: StructuredPruning, *, data: Any =
             got = _output_shapes(model, example_inputs)
             if got != shapes:
                 raise UnsupportedModelError(f"the pruned model's outputs have shapes {got}, expected {shapes}")
+            if config.recalibrate_bn and data is not None:
+                recalibrate_batchnorm(model, data, config.calibration_batches)
             logger.info("structured pruning step %d/%d: %d groups, %d -> %d channels", step, config.steps,
                         summary["groups"], summary["channels_before"], summary["channels_after"])
             if config.finetune_epochs:
