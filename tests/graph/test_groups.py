@@ -56,10 +56,19 @@ def test_depthwise_and_squeeze_excite_tie_to_the_expansion():
         grp)
 
 
-def test_grouped_conv_prunes_its_filters_evenly_and_keeps_its_input():
+def test_grouped_conv_prunes_its_filters_and_inputs_evenly():
     g = graph_of("grouped")
     assert group_with(g, "grouped").groups == 4 and group_with(g, "grouped").prunable
-    assert "grouped conv" in group_with(g, "reduce").frozen
+    assert group_with(g, "reduce").groups == 4 and group_with(g, "reduce").prunable
+    assert g.grouped["grouped.weight"] == (4, group_with(g, "reduce").id)
+
+
+def test_grouped_conv_keeps_the_right_columns_in_each_group():
+    from slimtorch.graph.surgery import grouped_columns
+
+    w = torch.arange(4 * 2 * 1.0).reshape(4, 2, 1, 1)  # 2 groups: rows 0-1 read inputs 0-1, rows 2-3 inputs 2-3
+    cut = grouped_columns(w, 2, torch.tensor([1, 2]))
+    assert cut[:, 0, 0, 0].tolist() == [1.0, 3.0, 4.0, 6.0]
 
 
 def test_layer_scale_class_token_and_heads():

@@ -70,6 +70,7 @@ class ChannelGraph:
     params: dict[str, list[Member]]
     unsupported: list[str]
     trace: Trace
+    grouped: dict[str, tuple[int, int]] = field(default_factory=dict)  # grouped conv weight -> (groups, input space)
 
     def prunable(self) -> list[Group]:
         """The groups whose channels can be removed."""
@@ -86,6 +87,7 @@ class _Builder:
         self.param_dims: dict[tuple[str, int], int] = {}
         self.producers: list[tuple[Label, str]] = []
         self.pending: list[tuple[str, list]] = []
+        self.grouped_inputs: list[tuple[int, int, Any]] = []  # (weight id, groups, input label) of grouped convs
 
     def shape(self, ref: Ref | int) -> tuple[int, ...]:
         return self.trace.shapes[ref.id if isinstance(ref, Ref) else ref]
@@ -135,17 +137,29 @@ class _Builder:
                 if self.spaces.block[space] % block:
                     self.spaces.frozen.setdefault(space, "two head sizes meet")
 
-    def set_groups(self, label: Any, groups: int) -> None:
+    def set_groups(self, label: Any, groups: int) -> bool:
+        """Channels of ``label`` must be removed evenly from ``groups`` parts; False (and frozen) if impossible."""
         if label is None or groups <= 1:
-            return
-        resolved = self.spaces.resolve(label)
-        if len(resolved) != 1 or resolved[0][3] != 1 or resolved[0][2] - resolved[0][1] != self.spaces.size[
-                resolved[0][0]]:
-            self.freeze(label, "grouped channels are not one whole space")
-            return
-        r = resolved[0][0]
+            return False
+        r = self.whole_space(label)
+        if r is None:
+            self.freeze(label, f"channels split into {groups} groups are not one whole space")
+            return False
         if self.spaces.groups.setdefault(r, groups) != groups:
             self.spaces.frozen.setdefault(r, "two different group counts meet")
+            return False
+        return True
+
+    def whole_space(self, label: Any) -> int | None:
+        """The base space a label covers entirely (one entry per channel), or None."""
+        try:
+            resolved = self.spaces.resolve(label)
+        except Misaligned:
+            return None
+        if len(resolved) != 1 or resolved[0][0] is None or resolved[0][3] != 1:
+            return None
+        r, lo, hi, _ = resolved[0]
+        return r if lo == 0 and hi == self.spaces.size[r] else None
 
     def report(self, op: Op, labels: list) -> None:
         """Remember an op without a rule; it is reported if it froze channels some layer produces."""
@@ -227,6 +241,13 @@ def _collect(b: _Builder) -> ChannelGraph:
         for r in roots:
             if r in by_space and module not in by_space[r].producers:
                 by_space[r].producers.append(module)
+    grouped: dict[str, tuple[int, int]] = {}
+    for wid, n_groups, label in b.grouped_inputs:
+        r = b.whole_space(label)
+        if r is None:
+            b.freeze(label, "the input of a grouped conv is not one whole space")
+        elif r in by_space:
+            grouped[b.trace.params[wid]] = (n_groups, r)
     groups = []
     for r, group in sorted(by_space.items()):
         if r not in sp.producer:
@@ -237,4 +258,4 @@ def _collect(b: _Builder) -> ChannelGraph:
         if group.size % (group.block * group.groups):
             group.frozen = group.frozen or "channel count is not a multiple of its head size times its groups"
         groups.append(group)
-    return ChannelGraph(groups, params, b.reported(), b.trace)
+    return ChannelGraph(groups, params, b.reported(), b.trace, grouped)

@@ -32,7 +32,7 @@ def linear(b, op: Op) -> None:
 
 def conv(b, op: Op) -> None:
     """Convolutions: plain (groups=1), depthwise (groups=in_channels, output tied to input) or grouped
-    (input channels frozen; filters pruned evenly across groups)."""
+    (input channels and filters removed evenly from every group)."""
     x, w, bias = _ref(sr.arg(op, 0, "input")), _ref(sr.arg(op, 1, "weight")), _ref(sr.arg(op, 2, "bias"))
     groups = int(sr.arg(op, 6, "groups", 1))
     xd, wd = b.dims(x), b.dims(w)
@@ -49,8 +49,9 @@ def conv(b, op: Op) -> None:
             b.freeze(xd[1], f"{where}: depthwise channels are not aligned")
             out = None
         b.unify(out, wd[0], cout, where)
-    else:
-        b.freeze(xd[1], f"{where}: the input of a grouped conv (groups={groups}) is kept")
+    else:  # grouped: input channels are removed evenly from each group, filters too
+        if xd[1] is not None and b.set_groups(xd[1], groups):
+            b.grouped_inputs.append((w.id, groups, xd[1]))
         out = wd[0]
         b.set_groups(out, groups)
         b.mark_producer(out, op.module)

@@ -71,8 +71,10 @@ def shrink(model: nn.Module, graph: ChannelGraph, keep: Mapping[int, torch.Tenso
         for attr, t in list(module._parameters.items()) + list(module._buffers.items()):
             if t is not None:
                 owners.setdefault(id(t), []).append((mname, module, attr))
-    for pname, members in graph.params.items():
-        if not any(seg[0] in keep for m in members for seg in m.label):
+    for pname in set(graph.params) | set(graph.grouped):
+        members = graph.params.get(pname, [])
+        grouped = graph.grouped.get(pname)
+        if not any(seg[0] in keep for m in members for seg in m.label) and not (grouped and grouped[1] in keep):
             continue
         owner_name, _, attr = pname.rpartition(".")
         owner = model.get_submodule(owner_name) if owner_name else model
@@ -81,6 +83,8 @@ def shrink(model: nn.Module, graph: ChannelGraph, keep: Mapping[int, torch.Tenso
             new = tensor.detach()
             for m in members:
                 new = new.index_select(m.dim, kept_entries(m.label, keep))
+            if grouped and grouped[1] in keep:
+                new = grouped_columns(new, grouped[0], keep[grouped[1]])
             new = new.clone()
         replacement = nn.Parameter(new, requires_grad=tensor.requires_grad) if isinstance(
             tensor, nn.Parameter) else None
@@ -96,6 +100,20 @@ def shrink(model: nn.Module, graph: ChannelGraph, keep: Mapping[int, torch.Tenso
         if group.id in keep and group.block > 1:
             _fix_head_counts(model, group, int(keep[group.id].numel()))
     return sorted(changed)
+
+
+def grouped_columns(weight: torch.Tensor, groups: int, kept_inputs: torch.Tensor) -> torch.Tensor:
+    """Cut a grouped conv's weight ``(out, in/groups, k...)`` to the kept input channels, group by group.
+
+    Every group must keep the same number of input channels (the planner guarantees it).
+    """
+    per_group = weight.shape[1]
+    rows = weight.shape[0] // groups
+    parts = []
+    for a in range(groups):
+        local = kept_inputs[(kept_inputs >= a * per_group) & (kept_inputs < (a + 1) * per_group)] - a * per_group
+        parts.append(weight[a * rows:(a + 1) * rows].index_select(1, local))
+    return torch.cat(parts)
 
 
 def _size(graph: ChannelGraph, gid: int) -> int:

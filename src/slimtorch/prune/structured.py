@@ -367,6 +367,9 @@ class CostModel:
         shape = list(self.shapes.get(name, ()))
         for m in self.graph.params.get(name, ()):
             shape[m.dim] = int(kept_entries(m.label, keep).numel())
+        grouped = self.graph.grouped.get(name)
+        if grouped and grouped[1] in keep:
+            shape[1] = int(keep[grouped[1]].numel()) // grouped[0]
         return tuple(shape)
 
     def _count(self, keep) -> float:
