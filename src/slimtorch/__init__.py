@@ -20,11 +20,13 @@ from slimtorch.recipe import Recipe, load_recipe  # noqa: E402
 from slimtorch.lowrank import LowRank, LowRankConv2d, LowRankLinear, SpatialSVDConv2d, Tucker2Conv2d  # noqa: E402
 from slimtorch.prune.structured import StructuredPruning  # noqa: E402
 from slimtorch.prune.layers import LayerPruning  # noqa: E402
+from slimtorch.quant.binary import Binarize, Ternarize  # noqa: E402
 
 from slimtorch.api import compress, decompose, prune, quantize  # noqa: E402  (keep last)
 
 __all__ = [
     "ArtifactError",
+    "Binarize",
     "Comparison",
     "ConfigError",
     "DataError",
@@ -35,6 +37,7 @@ __all__ = [
     "LowRankLinear",
     "SpatialSVDConv2d",
     "Tucker2Conv2d",
+    "Ternarize",
     "Metrics",
     "SlimError",
     "StructuredPruning",

@@ -1,0 +1,272 @@
+"""Binarization and ternarization: the ``Binarize`` and ``Ternarize`` configs, prepare/convert and the handler.
+
+- ``slimtorch.quantize(model, Binarize())`` packs the chosen layers at once (post-training), or with
+  ``finetune_epochs > 0`` trains them first through the straight-through estimator, distilling from the float
+  model, then packs them.
+- :func:`prepare_binary` swaps in training layers (``BinaryQAT*``) for your own training loop and
+  :func:`convert_binary` packs them into inference layers (``BinaryLinear`` / ``BinaryConv2d``).
+
+The math is in :mod:`.binary_math` (scales, thresholds, estimators), :mod:`.binary_pack` (bits) and
+:mod:`.binary_kernels` (products on packed bits).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from slimtorch._log import logger
+from slimtorch.api import handler
+from slimtorch.config import Config, check_range, register
+from slimtorch.data import call, iter_inputs
+from slimtorch.errors import ConfigError, DataError
+from slimtorch.quant.binary_math import TWN_THRESHOLD
+from slimtorch.quant.binary_qat import BinaryQATConv2d, BinaryQATLinear
+from slimtorch.select import select as select_layers
+
+_QAT = (BinaryQATLinear, BinaryQATConv2d)
+
+
+@dataclass(frozen=True, kw_only=True)
+class _BinaryCommon(Config):
+    """Fields shared by :class:`Binarize` and :class:`Ternarize` (see there)."""
+
+    keep_first: bool = True
+    keep_last: bool = True
+    exclude: tuple[str, ...] = ()
+    calibration_batches: int = 8
+    finetune_epochs: int = 0
+    finetune_lr: float = 1e-3
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        name = type(self).__name__
+        check_range(name, "calibration_batches", self.calibration_batches, 1, integer=True)
+        check_range(name, "finetune_epochs", self.finetune_epochs, 0, integer=True)
+        check_range(name, "finetune_lr", self.finetune_lr, 0, lo_open=True)
+        if not all(isinstance(p, str) for p in self.exclude):
+            raise ConfigError(f"{name}.exclude={self.exclude!r} must be a list of layer-name patterns")
+
+    def requires_data(self) -> bool:
+        """Training (``finetune_epochs > 0``) needs a labelled loader."""
+        return self.finetune_epochs > 0
+
+    def mode(self) -> dict[str, Any]:
+        """Keyword arguments of the binary layers for this config."""
+        raise NotImplementedError
+
+
+@register("quantize", "binary")
+@dataclass(frozen=True, kw_only=True)
+class Binarize(_BinaryCommon):
+    """1-bit weights ``alpha * sign(w)`` with ``alpha`` the per-output-channel mean |w| (XNOR-Net).
+
+    Attributes:
+        activations: also binarize each layer's input as ``sign(x - shift)`` (a fully binary layer computed
+            with XNOR-popcount); ``shift`` is per input channel, set from calibration data (the mean input)
+            when data is given and then trained.
+        keep_first: leave the model's first Linear/Conv2d (in registration order) in float.
+        keep_last: leave the model's last Linear/Conv2d (usually the classifier) in float.
+        exclude: patterns of layers to leave in float (see ``slimtorch.select``).
+        calibration_batches: batches of data used to set the activation thresholds.
+        finetune_epochs: train through the straight-through estimator for this many epochs, distilling from
+            the float model, before packing (0: pack at once, post-training; needs labelled ``data``).
+        finetune_lr: learning rate of that training.
+    """
+
+    activations: bool = False
+
+    def mode(self) -> dict[str, Any]:
+        """Keyword arguments of the binary layers for this config."""
+        return {"ternary": False, "activations": self.activations}
+
+
+@register("quantize", "ternary")
+@dataclass(frozen=True, kw_only=True)
+class Ternarize(_BinaryCommon):
+    """2-bit weights in {-alpha, 0, +alpha} per output channel (Ternary Weight Networks).
+
+    Attributes:
+        threshold: weights with ``|w| <= threshold * mean |w|`` (per output channel) become 0; TWN's 0.7.
+        keep_first, keep_last, exclude, calibration_batches, finetune_epochs, finetune_lr: as in
+            :class:`Binarize`.
+    """
+
+    threshold: float = TWN_THRESHOLD
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range(type(self).__name__, "threshold", self.threshold, 0, 2, lo_open=True)
+
+    def mode(self) -> dict[str, Any]:
+        """Keyword arguments of the binary layers for this config."""
+        return {"ternary": True, "activations": False, "threshold": self.threshold}
+
+
+def _unsupported(module: nn.Module) -> str | None:
+    if isinstance(module, nn.Conv2d):
+        if module.groups != 1:
+            return f"a grouped convolution (groups={module.groups})"
+        if module.padding_mode != "zeros" or isinstance(module.padding, str):
+            return f"padding {module.padding!r} / padding_mode {module.padding_mode!r} (numeric zero padding only)"
+    return None
+
+
+def choose_layers(
+    model: nn.Module, config: Binarize | Ternarize, include: Sequence[str] | None = None
+) -> tuple[list[str], dict[str, str]]:
+    """The Linear/Conv2d layers to binarize and, for the others considered, why they stay in float.
+
+    Returns:
+        ``(names, skipped)`` with ``skipped`` mapping a layer name to the reason.
+    """
+    layers = [n for n, m in model.named_modules() if isinstance(m, nn.Linear | nn.Conv2d) and not isinstance(m, _QAT)]
+    ends = {}
+    if layers and config.keep_first:
+        ends[layers[0]] = "the first layer (keep_first=True)"
+    if layers and config.keep_last:
+        ends[layers[-1]] = "the last layer (keep_last=True)"
+    names, skipped = [], {}
+    for name, module in select_layers(model, [nn.Linear, nn.Conv2d], include=include, exclude=config.exclude):
+        if isinstance(module, _QAT):
+            continue
+        reason = ends.get(name) or _unsupported(module)
+        if reason:
+            skipped[name] = reason
+        else:
+            names.append(name)
+    return names, skipped
+
+
+def _input_means(model: nn.Module, names: list[str], data: Any, batches: int) -> dict[str, torch.Tensor]:
+    """Per-channel mean input of each named layer over calibration batches (the activation thresholds)."""
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+
+    def hook(name):
+        def fn(module, args):
+            x = args[0].detach().float()
+            dims = [d for d in range(x.dim()) if d != 1] if x.dim() > 2 else [0]
+            sums[name] = sums.get(name, 0) + x.sum(dim=dims)
+            counts[name] = counts.get(name, 0) + x.numel() // x.shape[1]
+        return fn
+
+    handles = [model.get_submodule(n).register_forward_pre_hook(hook(n)) for n in names]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            for inputs in iter_inputs(data, batches, split="calibration"):
+                call(model, inputs)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return {n: sums[n] / counts[n] for n in sums}
+
+
+def _set(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+def prepare_binary(
+    model: nn.Module, config: Binarize | Ternarize, *, data: Any = None, select: Sequence[str] | None = None
+) -> nn.Module:
+    """Replace the chosen layers of ``model`` in place by training layers (STE binary/ternary weights).
+
+    Args:
+        model: the float model (changed in place).
+        config: a :class:`Binarize` or :class:`Ternarize`.
+        data: calibration data; with ``Binarize(activations=True)`` it sets each layer's input threshold to the
+            per-channel mean input (without data the threshold starts at 0).
+        select: include patterns restricting the layers (see ``slimtorch.select``).
+
+    Returns:
+        The same model, ready to train (e.g. with ``slimtorch.finetune``), then :func:`convert_binary`.
+
+    Raises:
+        ConfigError: no layer can be binarized (each candidate's reason is listed).
+
+    Example:
+        >>> import slimtorch as st, torch
+        >>> from slimtorch.quant.binary import convert_binary, prepare_binary
+        >>> model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Linear(32, 32), torch.nn.Linear(32, 2))
+        >>> model = prepare_binary(model, st.Binarize())
+        >>> type(convert_binary(model)[1]).__name__
+        'BinaryLinear'
+    """
+    names, skipped = choose_layers(model, config, select)
+    for name, reason in skipped.items():
+        logger.info("%s: %s stays in float: %s", type(config).__name__, name, reason)
+    if not names:
+        raise ConfigError(
+            f"{type(config).__name__}: no layer to binarize; candidates were kept because {skipped or 'none exist'}"
+            "; set keep_first/keep_last=False or widen select"
+        )
+    mode = config.mode()
+    shifts = {}
+    if mode["activations"] and data is not None:
+        shifts = _input_means(model, names, data, config.calibration_batches)
+    for name in names:
+        old = model.get_submodule(name)
+        cls = BinaryQATLinear if isinstance(old, nn.Linear) else BinaryQATConv2d
+        new = cls.from_float(old, **mode)
+        if name in shifts:
+            with torch.no_grad():
+                new.input_shift.copy_(shifts[name])
+        _set(model, name, new.train(old.training))
+    logger.info("%s: %d layers prepared for training", type(config).__name__, len(names))
+    return model
+
+
+def convert_binary(model: nn.Module) -> nn.Module:
+    """Pack every training layer of ``model`` (from :func:`prepare_binary`) in place into inference layers.
+
+    Returns:
+        The same model with ``BinaryLinear`` / ``BinaryConv2d`` layers holding packed bits.
+
+    Raises:
+        ConfigError: the model has no binary training layers (call :func:`prepare_binary` first).
+    """
+    names = [n for n, m in model.named_modules() if isinstance(m, _QAT)]
+    if not names:
+        raise ConfigError("convert: the model has no binary training layers; call prepare_binary(model, config) first")
+    for name in names:
+        _set(model, name, model.get_submodule(name).pack())
+    return model
+
+
+@handler(Binarize)
+@handler(Ternarize)
+def quantize_binary(
+    model: nn.Module,
+    config: Binarize | Ternarize,
+    *,
+    data: Any = None,
+    example_inputs: Any = None,
+    select: Sequence[str] | None = None,
+    seed: int = 0,
+) -> nn.Module:
+    """Handler of ``slimtorch.quantize`` for :class:`Binarize` and :class:`Ternarize`: prepare, optionally
+    train with distillation from the float model, then pack.
+
+    Raises:
+        ConfigError: no layer can be binarized.
+        DataError: ``finetune_epochs > 0`` without labelled data.
+    """
+    from slimtorch.train.finetune import Finetune, finetune, frozen_copy
+
+    if config.finetune_epochs and data is None:
+        raise DataError(f"{type(config).__name__}(finetune_epochs={config.finetune_epochs}) needs labelled data=")
+    teacher = frozen_copy(model) if config.finetune_epochs else None
+    prepare_binary(model, config, data=data, select=select)
+    if config.finetune_epochs:
+        finetune(model, data, teacher=teacher, config=Finetune(epochs=config.finetune_epochs, lr=config.finetune_lr),
+                 seed=seed)
+    return convert_binary(model.eval())
+
