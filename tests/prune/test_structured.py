@@ -9,7 +9,7 @@ from torch import nn
 
 import slimtorch as st
 from slimtorch.measure.flops import count_flops
-from slimtorch.prune.structured import choose_channels, dim_scores, keep_count, slimming_regularizer, to_channels
+from slimtorch.prune.channel_scores import choose_channels, dim_scores, keep_count, slimming_regularizer, to_channels
 from slimtorch.zoo.models import DigitsCNN, DigitsMLP
 
 X = torch.randn(1, 1, 16, 16)
@@ -116,7 +116,7 @@ def test_slimming_regularizer_shrinks_bn_scales():
 
 
 def test_batchnorm_statistics_are_recalibrated_on_data():
-    from slimtorch.prune.structured import recalibrate_batchnorm
+    from slimtorch.prune.channel_scores import recalibrate_batchnorm
 
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).eval()
     x = torch.randn(16, 3, 8, 8) * 3 + 1

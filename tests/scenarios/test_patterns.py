@@ -13,7 +13,7 @@ import slimtorch as st
 from slimtorch.graph.attention import convert_attention
 from slimtorch.graph.groups import build
 from slimtorch.graph.surgery import kept_entries, shrink
-from slimtorch.prune.structured import choose_channels, keep_count
+from slimtorch.prune.channel_scores import choose_channels, keep_count
 
 MEAN_NORMS = (nn.LayerNorm, nn.GroupNorm)  # their statistics see zeroed channels, so removal is not exact
 

@@ -11,7 +11,7 @@ from fractions import Fraction
 from math import prod
 from typing import Any
 
-from slimtorch.graph.labels import Misaligned, label_size, scale_label, slice_label
+from slimtorch.graph.labels import Misaligned, scale_label, slice_label
 from slimtorch.graph.trace import Op, Ref
 
 ELEMENTWISE = {
@@ -293,7 +293,3 @@ def factory(b, op: Op) -> None:
     for o in op.outputs:
         b.set(o, None)
 
-
-def total(label) -> int:
-    """Entries of a label (0 for None)."""
-    return 0 if label is None else label_size(label)

@@ -165,7 +165,7 @@ def trace(model: nn.Module, example_inputs: Any) -> Trace:
             result.inputs = _ids(recorder.ref(inputs))
             with recorder:
                 out = call(model, inputs)
-            result.outputs = _ids(recorder.ref(_tensors_of(out)))
+            result.outputs = _ids(recorder.ref(output_tensors(out)))
     except (RuntimeError, TypeError, ValueError, IndexError) as err:
         raise UnsupportedModelError(
             f"the forward pass on example_inputs failed while tracing ({type(err).__name__}: {err}); "
@@ -179,13 +179,14 @@ def trace(model: nn.Module, example_inputs: Any) -> Trace:
     return result
 
 
-def _tensors_of(out: Any) -> list[torch.Tensor]:
+def output_tensors(out: Any) -> list[torch.Tensor]:
+    """Every tensor in a model output (tensors, tuples, lists, dicts and Hugging Face output objects)."""
     if isinstance(out, torch.Tensor):
         return [out]
     if isinstance(out, dict) or hasattr(out, "values") and callable(out.values):
-        return [t for v in out.values() for t in _tensors_of(v)]
+        return [t for v in out.values() for t in output_tensors(v)]
     if isinstance(out, tuple | list):
-        return [t for v in out for t in _tensors_of(v)]
+        return [t for v in out for t in output_tensors(v)]
     return []
 
 

@@ -8,7 +8,6 @@ rebuild it on the original architecture.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -207,10 +206,5 @@ def apply_layers(model: nn.Module, config: LayerPruning, *, data: Any = None, ex
                                     "Name removable blocks with candidates=[...]") from None
     model.train(was)
     logger.info("layer pruning removed %s (costs %s)", chosen, {n: round(costs[n], 4) for n in chosen})
-    model.__dict__.setdefault("_slim_removed_layers", []).extend(chosen)
     return model
 
-
-def removable_blocks(model: nn.Module, example_inputs: Any) -> list[str]:
-    """Names of the blocks :class:`LayerPruning` would consider (for inspection)."""
-    return sorted(find_blocks(copy.deepcopy(model), example_inputs))
