@@ -39,7 +39,7 @@ def pack_bits(bits: torch.Tensor) -> torch.Tensor:
     b = bits.to(torch.uint8)
     if pad:
         b = torch.nn.functional.pad(b, (0, pad))
-    b = b.reshape(*bits.shape[:-1], -1, 8)  # (..., n8 / 8, 8)
+    b = b.reshape(*bits.shape[:-1], packed_length(n), 8)  # (..., bytes, 8)
     return (b << _SHIFTS.to(b.device)).sum(-1, dtype=torch.uint8)
 
 
@@ -61,7 +61,7 @@ def unpack_bits(packed: torch.Tensor, n: int) -> torch.Tensor:
     if packed.shape[-1] * 8 < n or n < 0:
         raise ArtifactError(f"packed rows of {packed.shape[-1]} bytes cannot hold {n} bits")
     bits = (packed.unsqueeze(-1) >> _SHIFTS.to(packed.device)) & 1  # (..., bytes, 8)
-    return bits.reshape(*packed.shape[:-1], -1)[..., :n].bool()
+    return bits.reshape(*packed.shape[:-1], packed.shape[-1] * 8)[..., :n].bool()
 
 
 def pack_signs(signs: torch.Tensor) -> torch.Tensor:
