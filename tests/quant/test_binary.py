@@ -1,0 +1,114 @@
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import slimtorch as st
+from slimtorch.config import REGISTRY
+from slimtorch.quant.binary import choose_layers, convert_binary, prepare_binary
+from slimtorch.quant.binary_modules import BinaryConv2d, BinaryLinear
+from slimtorch.quant.binary_qat import BinaryQATConv2d, BinaryQATLinear
+
+
+def _mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 3))
+
+
+def _cnn():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1, bias=False),
+                         nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 16, 3, groups=2), nn.ReLU(),
+                         nn.Conv2d(16, 8, 3), nn.Flatten(), nn.Linear(8 * 4 * 4, 5))
+
+
+def test_configs_are_registered_and_validated():
+    assert REGISTRY["quantize"]["binary"] is st.Binarize and REGISTRY["quantize"]["ternary"] is st.Ternarize
+    assert st.Binarize.from_dict({"method": "binary", "activations": True}).activations
+    with pytest.raises(st.ConfigError, match="threshold"):
+        st.Ternarize(threshold=0)
+    with pytest.raises(st.ConfigError, match="finetune_epochs"):
+        st.Binarize(finetune_epochs=-1)
+    with pytest.raises(st.ConfigError, match="activations"):
+        st.Binarize(activations="yes")
+    assert st.Binarize(finetune_epochs=1).requires_data() and not st.Ternarize().requires_data()
+
+
+def test_first_last_and_unsupported_layers_stay_float():
+    names, skipped = choose_layers(_cnn(), st.Binarize())
+    assert names == ["2", "7"]
+    assert "first layer" in skipped["0"] and "last layer" in skipped["9"] and "grouped" in skipped["5"]
+    names, _ = choose_layers(_cnn(), st.Ternarize(keep_first=False, keep_last=False, exclude=("7",)))
+    assert names == ["0", "2", "9"]
+
+
+@pytest.mark.parametrize("config", [st.Binarize(), st.Ternarize(), st.Binarize(activations=True)],
+                         ids=["binary", "ternary", "xnor"])
+def test_post_training_quantize_matches_the_training_layers(config):
+    model = _cnn()
+    x = torch.randn(4, 1, 8, 8)
+    prepared = prepare_binary(copy.deepcopy(model).eval(), config)
+    assert isinstance(prepared[2], BinaryQATConv2d)
+    packed = st.quantize(model.eval(), config)
+    assert isinstance(packed[2], BinaryConv2d) and isinstance(packed[0], nn.Conv2d)
+    assert torch.allclose(packed(x), prepared(x), atol=1e-4)
+
+
+def test_prepare_then_train_then_convert_with_finetune():
+    model = _mlp()
+    teacher = copy.deepcopy(model)
+    x = torch.randn(64, 20)
+    batches = [(x[i:i + 16], teacher(x[i:i + 16]).argmax(1)) for i in range(0, 64, 16)]
+    prepare_binary(model, st.Binarize(activations=True), data=batches)
+    layer = model[2]
+    assert isinstance(layer, BinaryQATLinear) and layer.input_shift.requires_grad
+    # the activation threshold starts at the mean input of the layer on the calibration data
+    hidden = torch.relu(teacher[0](x))
+    assert torch.allclose(layer.input_shift.detach(), hidden.mean(0), atol=1e-5)
+    before = layer.weight.detach().clone()
+    st.finetune(model, batches, teacher=teacher, epochs=2)
+    assert not torch.equal(before, layer.weight.detach())  # gradients reached the latent weights through the STE
+    expected = model(x)
+    convert_binary(model)
+    assert isinstance(model[2], BinaryLinear)
+    assert torch.allclose(model(x), expected, atol=1e-4)
+    with pytest.raises(st.ConfigError, match="prepare_binary"):
+        convert_binary(model)
+
+
+def test_errors_name_the_way_out():
+    with pytest.raises(st.ConfigError, match="keep_first"):
+        st.quantize(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2)), st.Binarize())
+    with pytest.raises(st.DataError, match="labelled data"):
+        st.quantize(_mlp(), st.Binarize(finetune_epochs=1))
+
+
+@pytest.mark.parametrize("config", [st.Binarize(), st.Ternarize(), st.Binarize(activations=True)],
+                         ids=["binary", "ternary", "xnor"])
+def test_save_load_round_trip_is_exact_and_binary_layers_are_25x_smaller(tmp_path, config):
+    model = nn.Sequential(nn.Linear(64, 512), nn.ReLU(), nn.Linear(512, 300), nn.ReLU(), nn.Linear(300, 10))
+    float_bytes = sum(t.numel() * 4 for t in model[2].parameters())
+    st.quantize(model.eval(), config)
+    path = st.save(model, tmp_path / "m")
+    loaded = st.load(path, model=nn.Sequential(nn.Linear(64, 512), nn.ReLU(), nn.Linear(512, 300), nn.ReLU(),
+                                                nn.Linear(300, 10)))
+    assert isinstance(loaded[2], BinaryLinear) and loaded[2].manifest_args() == model[2].manifest_args()
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    x = torch.randn(3, 64)
+    assert torch.equal(loaded(x), model(x))
+    packed_bytes = sum(t.numel() * t.element_size() for t in model[2].buffers())
+    ratio = float_bytes / packed_bytes
+    assert ratio >= (14 if config.mode()["ternary"] else 25), ratio
+    assert st.measure(model, x).params == sum(p.numel() for p in nn.Linear(64, 512).parameters()) + \
+        512 * 300 + sum(p.numel() for p in nn.Linear(300, 10).parameters())
+
+
+def test_a_prepared_model_saves_and_loads_for_resumed_training(tmp_path):
+    model = prepare_binary(_mlp(), st.Ternarize())
+    path = st.save(model, tmp_path / "qat")
+    loaded = st.load(path, model=_mlp())
+    assert isinstance(loaded[2], BinaryQATLinear) and loaded[2].ternary
+    x = torch.randn(2, 20)
+    assert torch.equal(loaded(x), model(x))
