@@ -67,11 +67,12 @@ def test_packed_conv_equals_the_dequantized_float_conv(mode, geometry):
 
 
 def test_weight_counts_report_logical_weights_and_ternary_zeros():
-    linear = torch.nn.Linear(20, 4)
+    linear = torch.nn.Linear(20, 4, bias=False)
     assert BinaryLinear.from_float(linear).weight_counts() == (80, 80)
     layer = BinaryLinear.from_float(linear, ternary=True)
     assert layer.weight_counts() == (80, int((layer.codes() != 0).sum()))
     assert 0 < layer.weight_counts()[1] < 80
+    assert BinaryLinear.from_float(torch.nn.Linear(20, 4)).weight_counts() == (84, 84)  # with the bias
 
 
 def test_lookup_indices_follow_a_reloaded_state():

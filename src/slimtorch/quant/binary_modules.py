@@ -73,10 +73,11 @@ class _PackedWeights(nn.Module):
                 self.input_shift.copy_(input_shift.detach().float())
 
     def weight_counts(self) -> tuple[int, int]:
-        """``(weights, non-zero weights)`` of the logical weight matrix, for ``slimtorch.measure``."""
-        total = self.scale.numel() * self.row_length
-        nonzero = int(popcount8(self.nonzero).sum()) if self.ternary else total
-        return total, nonzero
+        """``(parameters, non-zero parameters)``: the logical weights plus the bias, for ``slimtorch.measure``."""
+        weights = self.scale.numel() * self.row_length
+        nonzero = int(popcount8(self.nonzero).sum()) if self.ternary else weights
+        bias = (self.bias.numel(), int(torch.count_nonzero(self.bias))) if self.bias is not None else (0, 0)
+        return weights + bias[0], nonzero + bias[1]
 
     def codes(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The ``(out, row_length)`` weight codes expanded: +1/-1 (binary) or -1/0/+1 (ternary), unscaled."""
