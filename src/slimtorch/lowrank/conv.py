@@ -61,8 +61,9 @@ def _unfold(t: torch.Tensor, mode: int) -> torch.Tensor:
 
 
 def _leading(matrix: torch.Tensor, r: int) -> torch.Tensor:
-    u, _, _ = torch.linalg.svd(matrix, full_matrices=False)
-    return u[:, :r]
+    """The ``r`` leading left singular vectors of a wide matrix, as eigenvectors of its (small) Gram matrix."""
+    _, vectors = torch.linalg.eigh(matrix @ matrix.T)  # ascending eigenvalues
+    return vectors.flip(1)[:, :r]
 
 
 def _weighted(weight: torch.Tensor, white: Whitening | None) -> torch.Tensor:
