@@ -56,6 +56,12 @@ class StructuredPruning(Config):
         calibration_batches: batches of data used for Taylor importance and BatchNorm recalibration.
         recalibrate_bn: when data is given, re-estimate BatchNorm running statistics on it after each step
             (removing a layer's input channels shifts the statistics its BatchNorm saw).
+
+    Example:
+        >>> import slimtorch as st, torch
+        >>> model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 2))
+        >>> st.prune(model, st.StructuredPruning(ratio=0.5), example_inputs=torch.randn(1, 8))[0]
+        Linear(in_features=8, out_features=16, bias=True)
     """
 
     ratio: float = 0.5
