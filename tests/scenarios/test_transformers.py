@@ -53,3 +53,19 @@ def test_hf_models_prune_heads_and_widths(name, make, ratio, tmp_path):
     torch.manual_seed(1)
     loaded = st.load(st.save(model, tmp_path / name), make())
     torch.testing.assert_close(run(loaded, x), out)
+
+
+@pytest.mark.parametrize("name, make", [("bert", bert), ("gpt2", gpt2)])
+def test_hf_layer_removal_runs_and_saves(name, make, tmp_path):
+    from slimtorch.prune.layers import Skip
+
+    torch.manual_seed(0)
+    model, x = make(), inputs(name)
+    shape = run(model, x).shape
+    st.prune(model, st.LayerPruning(num_layers=1), example_inputs=x)
+    layers = model.bert.encoder.layer if name == "bert" else model.transformer.h
+    assert sum(isinstance(layer, Skip) for layer in layers) == 1
+    out = run(model, x)
+    assert out.shape == shape
+    loaded = st.load(st.save(model, tmp_path / name), make())
+    torch.testing.assert_close(run(loaded, x), out)
