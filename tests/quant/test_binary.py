@@ -114,3 +114,25 @@ def test_a_prepared_model_saves_and_loads_for_resumed_training(tmp_path):
     assert isinstance(loaded[2], BinaryQATLinear) and loaded[2].ternary
     x = torch.randn(2, 20)
     assert torch.equal(loaded(x), model(x))
+
+
+def test_recipe_stages_run_through_compress(tmp_path):
+    from slimtorch.recipe import recipe_from_dict
+
+    recipe = recipe_from_dict({"stages": [{"quantize": {"method": "ternary", "threshold": 0.5}}]})
+    assert list(recipe.stages) == [st.Ternarize(threshold=0.5)]
+    model = _mlp().eval()
+    x = torch.randn(4, 20)
+    st.compress(model, recipe, example_inputs=x, out_dir=tmp_path / "run")
+    assert isinstance(model[2], BinaryLinear) and model[2].ternary
+
+
+@pytest.mark.slow
+def test_qat_on_the_zoo_mlp_meets_the_accuracy_targets(digits_mlp):
+    model, data = digits_mlp
+    base = data.evaluate(model)
+    for config, allowed in [(st.Ternarize(finetune_epochs=1), 0.02), (st.Binarize(activations=True, finetune_epochs=1),
+                                                                      0.08)]:
+        student = st.quantize(copy.deepcopy(model), config, data=data)
+        assert isinstance(student.fc2, BinaryLinear) and type(student.fc1) is nn.Linear  # first/last stay float
+        assert base - data.evaluate(student) <= allowed, config
