@@ -41,8 +41,9 @@ def choose_qparams(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and zero point mapping ``[min_val, max_val]`` (extended to include 0) onto the integer range.
 
-    Symmetric: ``scale = max(|min|, |max|) / ((qmax - qmin) / 2)`` and the zero point is the middle of the
-    range (0 for signed types, 128 for uint8). Asymmetric (affine): ``scale = (max - min) / (qmax - qmin)``
+    Symmetric: ``scale = max(|min|, |max|) / ((qmax - qmin) // 2)`` (127 for int8, 7 for int4, so the
+    range maps inside the integers without clipping) and the zero point is the middle of the range (0 for
+    signed types, 128 for uint8). Asymmetric (affine): ``scale = (max - min) / (qmax - qmin)``
     and ``zero_point = qmin - round(min / scale)``, clamped into range.
 
     Returns:
@@ -53,7 +54,7 @@ def choose_qparams(
     max_val = torch.clamp(max_val.float(), min=0.0)
     if symmetric:
         bound = torch.maximum(-min_val, max_val)
-        scale = torch.clamp(bound / ((qmax - qmin) / 2), min=eps)
+        scale = torch.clamp(bound / ((qmax - qmin) // 2), min=eps)
         mid = (qmin + qmax + 1) // 2
         zero_point = torch.full_like(scale, mid, dtype=torch.int32)
     else:
