@@ -136,3 +136,14 @@ def test_qat_on_the_zoo_mlp_meets_the_accuracy_targets(digits_mlp):
         student = st.quantize(copy.deepcopy(model), config, data=data)
         assert isinstance(student.fc2, BinaryLinear) and type(student.fc1) is nn.Linear  # first/last stay float
         assert base - data.evaluate(student) <= allowed, config
+
+
+def test_post_training_refreshes_batchnorm_statistics_on_the_calibration_data():
+    model = _cnn().eval()
+    batch = torch.randn(16, 1, 8, 8)
+    st.quantize(model, st.Binarize(), data=[batch])
+    with torch.no_grad():
+        pre_bn = model[2](model[1](model[0](batch)))  # the binarized conv's output feeds the BatchNorm
+    assert torch.allclose(model[3].running_mean, pre_bn.mean((0, 2, 3)), atol=1e-5)
+    assert torch.allclose(model[3].running_var, pre_bn.var((0, 2, 3), unbiased=True), rtol=1e-4)
+    assert model[3].momentum == 0.1 and not model.training
