@@ -1,9 +1,15 @@
 """Shared fixtures: a private zoo cache per test session, so tests never depend on the user's cache."""
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+
+
+# the architecture-pattern models are shared by tests/scenarios and tests/graph
+sys.path.insert(0, str(Path(__file__).parent / "scenarios"))
 
 
 def pytest_configure(config):
