@@ -1,0 +1,208 @@
+"""Quantized layers. They hold plain tensors only (integer data, scales, zero points) and call quant/kernels.py.
+
+Attributes every quantized layer has (the contract ONNX export and ``st.save`` rely on):
+
+- ``qweight``: int8 ``[out, in]`` (Linear) or ``[out, in / groups, kh, kw]`` (Conv2d) holding integers in the
+  ``bits`` range; for ``bits == 4`` weight-only Linear it is uint8 ``[out, ceil(in / 2)]``, two signed values per
+  byte, low nibble first (see quant/packing.py).
+- ``weight_scale``: float32, ``[out]`` per output channel (``axis = 0``), or ``[out, in // group_size]`` per group.
+- ``weight_zero_point``: int32, same shape as ``weight_scale``; always 0 (weights are symmetric).
+- ``bias``: float32 ``[out]`` or None.
+- ``bits`` (int), ``group_size`` (int, 0 = per channel), ``axis`` (int, always 0), ``mode`` (str):
+  ``"static"`` (int8 activations calibrated ahead of time), ``"dynamic"`` (activations quantized per call) or
+  ``"weight_only"`` (float activations).
+- static only: ``input_scale`` (float32, 0-d) and ``input_zero_point`` (int32, 0-d; activations are uint8),
+  and ``relu`` (bool, ReLU fused after the layer).
+- ``dequantized_weight() -> float32 tensor`` of the float weight's shape: the weight the kernel computes with.
+
+Every layer's output equals its float reference (dequantized weight, and for static layers the
+fake-quantized input) within float rounding.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from slimtorch.io.manifest import register_module
+from slimtorch.quant import kernels
+from slimtorch.quant.packing import unpack_int4
+from slimtorch.quant.qparams import dequantize, fake_quantize
+
+MODES = ("static", "dynamic", "weight_only")
+
+
+class _QuantBase(nn.Module):
+    """State common to quantized layers: buffers, a kernel cache cleared when new weights are loaded."""
+
+    def _init_common(self, out: int, scale_shape: tuple[int, ...], bias: bool, mode: str, bits: int) -> None:
+        self.mode, self.bits, self.axis = mode, bits, 0
+        self.register_buffer("weight_scale", torch.ones(scale_shape))
+        self.register_buffer("weight_zero_point", torch.zeros(scale_shape, dtype=torch.int32))
+        self.register_buffer("bias", torch.zeros(out) if bias else None)
+        if mode == "static":
+            self.register_buffer("input_scale", torch.tensor(1.0))
+            self.register_buffer("input_zero_point", torch.tensor(0, dtype=torch.int32))
+        self._cache: dict[str, torch.Tensor] = {}
+
+    def _load_from_state_dict(self, *args, **kwargs):  # new weights: drop pre-packed kernels
+        self._cache = {}
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def _fake_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The float values the static layer's uint8 input represents (reference path)."""
+        return fake_quantize(x, self.input_scale, self.input_zero_point, bits=8, signed=False)
+
+    def weight_counts(self) -> tuple[int, int]:
+        """(logical weight count, nonzero weights), bias included, for ``st.measure``."""
+        w = self.dequantized_weight()
+        nb = 0 if self.bias is None else self.bias.numel()
+        nzb = 0 if self.bias is None else int(torch.count_nonzero(self.bias))
+        return w.numel() + nb, int(torch.count_nonzero(w)) + nzb
+
+
+@register_module
+class QuantLinear(_QuantBase):
+    """Linear layer with integer weights; ``mode`` picks static, dynamic or weight-only execution.
+
+    Args:
+        in_features, out_features, bias: as ``nn.Linear``.
+        mode: one of :data:`MODES`.
+        bits: weight bit width (2..8; weight-only 4 is stored packed).
+        group_size: inputs per weight scale (0 = one scale per output channel).
+        relu: static mode only, apply ReLU inside the kernel.
+    """
+
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool = True, *, mode: str = "static", bits: int = 8,
+        group_size: int = 0, relu: bool = False,
+    ) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.group_size, self.relu = in_features, out_features, group_size, relu
+        scale_shape = (out_features, in_features // group_size) if group_size else (out_features,)
+        self._init_common(out_features, scale_shape, bias, mode, bits)
+        packed = mode == "weight_only" and bits == 4
+        cols = (in_features + 1) // 2 if packed else in_features
+        self.register_buffer("qweight", torch.zeros(out_features, cols, dtype=torch.uint8 if packed else torch.int8))
+
+    def manifest_args(self) -> dict:
+        return {"in_features": self.in_features, "out_features": self.out_features, "bias": self.bias is not None,
+                "mode": self.mode, "bits": self.bits, "group_size": self.group_size, "relu": self.relu}
+
+    def int_weight(self) -> torch.Tensor:
+        """Weight integers as int8 [out, in] (unpacked if stored as int4)."""
+        if self.qweight.dtype == torch.uint8:
+            return unpack_int4(self.qweight, self.in_features, signed=True)
+        return self.qweight
+
+    def dequantized_weight(self) -> torch.Tensor:
+        return dequantize(self.int_weight(), self.weight_scale, self.weight_zero_point, axis=0,
+                          group_size=self.group_size or None)
+
+    def extra_repr(self) -> str:
+        g = f", group_size={self.group_size}" if self.group_size else ""
+        return f"{self.in_features}, {self.out_features}, mode={self.mode}, bits={self.bits}{g}"
+
+    def reference(self, x: torch.Tensor) -> torch.Tensor:
+        """Float reference of this layer (dequantized weight; quantized input for static mode)."""
+        if self.mode == "static":
+            x = self._fake_input(x)
+        elif self.mode == "dynamic":
+            q, s = kernels.quantize_rows(x.reshape(-1, x.shape[-1]).float())
+            x = (q.float() * s).reshape(x.shape)
+        out = F.linear(x.float(), self.dequantized_weight(), self.bias)
+        return F.relu(out) if self.relu else out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not x.is_cpu or x.dtype != torch.float32:
+            return self.reference(x).to(x.dtype)
+        if self.mode == "static":
+            return self._static(x)
+        x2 = x.reshape(-1, self.in_features)
+        out = self._dynamic(x2) if self.mode == "dynamic" else self._weight_only(x2)
+        if self.bias is not None:
+            out = out + self.bias
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+    def _static(self, x: torch.Tensor) -> torch.Tensor:
+        if "packed" not in self._cache:
+            self._cache["packed"] = torch.ops.onednn.qlinear_prepack(self.int_weight(), None)
+        return kernels.qlinear_static(x, self._cache["packed"], float(self.input_scale), int(self.input_zero_point),
+                                      self.weight_scale, self.bias, self.relu)
+
+    def _dynamic(self, x2: torch.Tensor) -> torch.Tensor:
+        if "wt" not in self._cache:
+            self._cache["wt"] = self.int_weight().t().contiguous()  # [in, out] for _int_mm
+        return kernels.int_mm_rows(x2, self._cache["wt"], self.weight_scale)
+
+    def _weight_only(self, x2: torch.Tensor) -> torch.Tensor:
+        m = x2.shape[0]
+        key = ("weight_only", self.bits, self.group_size, self.in_features, self.out_features, min(m, 64))
+        candidates = {"dequant_matmul": lambda: F.linear(x2, self.dequantized_weight())}
+        if self.bits == 8 and not self.group_size:
+            candidates["int8pack_mm"] = lambda: torch.ops.aten._weight_int8pack_mm(
+                x2, self.qweight, self.weight_scale)
+        elif self.bits == 4 and self.group_size in (32, 64, 128, 256) and self.in_features % self.group_size == 0:
+            if "int4" not in self._cache:
+                self._cache["int4"] = kernels.pack_int4_for_cpu(self.int_weight())
+                self._cache["sz"] = kernels.int4_scales_and_zeros(self.weight_scale)
+            candidates["int4pack_mm"] = lambda: torch.ops.aten._weight_int4pack_mm_for_cpu(
+                x2, self._cache["int4"], self.group_size, self._cache["sz"])
+        return candidates[kernels.fastest(key, candidates)]()
+
+
+@register_module
+class QuantConv2d(_QuantBase):
+    """Static int8 2-D convolution (grouped and depthwise too) on oneDNN, BatchNorm folded in, ReLU fusable.
+
+    Args:
+        in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias: as ``nn.Conv2d``
+            (integer padding only).
+        bits: weight bit width (2..8, stored as int8).
+        relu: apply ReLU inside the kernel.
+    """
+
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: list[int], stride: list[int] = (1, 1),
+        padding: list[int] = (0, 0), dilation: list[int] = (1, 1), groups: int = 1, bias: bool = True, *,
+        bits: int = 8, relu: bool = False,
+    ) -> None:
+        super().__init__()
+        self.in_channels, self.out_channels, self.groups, self.relu = in_channels, out_channels, groups, relu
+        self.kernel_size, self.stride = list(kernel_size), list(stride)
+        self.padding, self.dilation = list(padding), list(dilation)
+        self.group_size = 0
+        self._init_common(out_channels, (out_channels,), bias, "static", bits)
+        self.register_buffer("qweight", torch.zeros(out_channels, in_channels // groups, *self.kernel_size,
+                                                    dtype=torch.int8))
+
+    def manifest_args(self) -> dict:
+        return {"in_channels": self.in_channels, "out_channels": self.out_channels,
+                "kernel_size": self.kernel_size, "stride": self.stride, "padding": self.padding,
+                "dilation": self.dilation, "groups": self.groups, "bias": self.bias is not None,
+                "bits": self.bits, "relu": self.relu}
+
+    def dequantized_weight(self) -> torch.Tensor:
+        return dequantize(self.qweight, self.weight_scale, self.weight_zero_point, axis=0)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"groups={self.groups}, bits={self.bits}, relu={self.relu}")
+
+    def reference(self, x: torch.Tensor) -> torch.Tensor:
+        """Float reference: the fake-quantized input through a float conv with the dequantized weight."""
+        out = F.conv2d(self._fake_input(x.float()), self.dequantized_weight(), self.bias, self.stride,
+                       self.padding, self.dilation, self.groups)
+        return F.relu(out) if self.relu else out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not x.is_cpu or x.dtype != torch.float32:
+            return self.reference(x).to(x.dtype)
+        if "packed" not in self._cache:
+            self._cache["packed"] = torch.ops.onednn.qconv_prepack(
+                self.qweight, self.weight_scale, float(self.input_scale), int(self.input_zero_point),
+                self.stride, self.padding, self.dilation, self.groups, None)
+        return kernels.qconv2d(x, self._cache["packed"], float(self.input_scale), int(self.input_zero_point),
+                               self.weight_scale, self.bias, self.stride, self.padding, self.dilation,
+                               self.groups, self.relu)
