@@ -24,7 +24,7 @@ from torch import nn
 from slimtorch.io.manifest import register_module
 from slimtorch.quant.binary_kernels import byte_table, lut_index, lut_matmul, xnor_matmul
 from slimtorch.quant.binary_math import binary_scale, sign, ternary_codes, ternary_scale
-from slimtorch.quant.binary_pack import pack_bits, pack_signs, pack_ternary, packed_length, popcount8, unpack_bits
+from slimtorch.quant.binary_pack import pack_bits, pack_signs, pack_ternary, packed_length, popcount8
 
 Kernel = Literal["auto", "packed", "unpacked"]
 
@@ -81,11 +81,14 @@ class _PackedWeights(nn.Module):
 
     def codes(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The ``(out, row_length)`` weight codes expanded: +1/-1 (binary) or -1/0/+1 (ternary), unscaled."""
-        n = self.row_length
+        # one gather per byte from a (256, 8) table of its bits: far fewer passes than shifting bit by bit
+        def expand(packed: torch.Tensor, signed: bool) -> torch.Tensor:
+            bits = byte_table(signed, dtype, packed.device).t()[packed.long()]  # (out, bytes, 8)
+            return bits.reshape(packed.shape[0], -1)[:, :self.row_length]
+
         if self.ternary:
-            nz = unpack_bits(self.nonzero, n).to(dtype)
-            return nz * (1 - 2 * unpack_bits(self.negative, n).to(dtype))
-        return unpack_bits(self.signs, n).to(dtype) * 2 - 1
+            return expand(self.nonzero, False) * (1 - 2 * expand(self.negative, False))
+        return expand(self.signs, True)
 
     def dequantized_weight(self) -> torch.Tensor:
         """``scale * codes`` as a float ``(out, row_length)`` matrix (for checks and export, not for inference)."""
