@@ -19,8 +19,14 @@ from slimtorch.train.finetune import Finetune, finetune  # noqa: E402
 from slimtorch.recipe import Recipe, load_recipe  # noqa: E402
 from slimtorch.lowrank import LowRank, LowRankConv2d, LowRankLinear, SpatialSVDConv2d, Tucker2Conv2d  # noqa: E402
 from slimtorch.prune.structured import StructuredPruning  # noqa: E402
+from slimtorch.prune.unstructured import UnstructuredPruning  # noqa: E402
+from slimtorch.prune.semistructured import NMPruning  # noqa: E402
+from slimtorch.prune.schedule import GradualPruning, IterativePruning  # noqa: E402
+from slimtorch.prune.masks import make_permanent  # noqa: E402
+from slimtorch.prune.sparse_linear import SparseLinear  # noqa: E402
 from slimtorch.prune.layers import LayerPruning  # noqa: E402
 from slimtorch.quant.binary import Binarize, Ternarize  # noqa: E402
+from slimtorch.quant.ptq import DynamicQuant, StaticQuant, WeightOnlyQuant  # noqa: E402
 
 from slimtorch.api import compress, decompose, prune, quantize  # noqa: E402  (keep last)
 
@@ -30,7 +36,14 @@ __all__ = [
     "Comparison",
     "ConfigError",
     "DataError",
+    "DynamicQuant",
     "Finetune",
+    "GradualPruning",
+    "IterativePruning",
+    "NMPruning",
+    "SparseLinear",
+    "UnstructuredPruning",
+    "make_permanent",
     "LayerPruning",
     "LowRank",
     "LowRankConv2d",
@@ -40,8 +53,10 @@ __all__ = [
     "Ternarize",
     "Metrics",
     "SlimError",
+    "StaticQuant",
     "StructuredPruning",
     "UnsupportedModelError",
+    "WeightOnlyQuant",
     "__version__",
     "Recipe",
     "compare",

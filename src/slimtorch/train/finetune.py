@@ -1,10 +1,17 @@
-"""``slimtorch.finetune``: a plain, readable training loop with optional distillation from a teacher."""
+"""``slimtorch.finetune``: a plain, readable training loop for recovery after compression.
+
+Optional extras, all off by default: distillation from a teacher (soft targets at a temperature, mixed with
+the task loss, plus hidden-feature matching between named layers), early stopping on a validation metric
+(the best weights are restored), an ``on_step`` hook (pruning masks and schedules use it) and, under
+``torchrun``, DistributedDataParallel with a distributed sampler (see :mod:`slimtorch.train.distributed`).
+Pruning masks hold throughout: pruned weights get no gradient and are re-zeroed after every step.
+"""
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -14,8 +21,10 @@ from torch import nn
 from slimtorch._log import logger, progress
 from slimtorch.config import Config, check_range, register
 from slimtorch.data import as_loader, call, first_tensor, split_batch
-from slimtorch.errors import DataError
-from slimtorch.train.distill import soft_target_kl
+from slimtorch.errors import ConfigError, DataError
+from slimtorch.prune.masks import apply_masks, restore_masks
+from slimtorch.train import distributed as ddp
+from slimtorch.train.distill import FeatureTap, feature_mse, soft_target_kl
 
 
 @register("finetune", "finetune")
@@ -32,6 +41,11 @@ class Finetune(Config):
         temperature: softening temperature of the distillation targets.
         alpha: weight of the distillation loss; the task loss gets 1 - alpha.
         max_batches: stop each epoch after this many batches (None: the whole loader).
+        feature_layers: names of layers whose outputs the student matches to the teacher's (MSE, normalised
+            per layer); the layers must keep their output shape.
+        feature_weight: weight of the feature-matching loss (added to the mixed task/distillation loss).
+        patience: stop after this many epochs without a better validation metric and restore the best
+            weights (None: no early stopping); needs ``eval_fn`` or a data object with ``evaluate``.
     """
 
     epochs: int = 1
@@ -42,6 +56,9 @@ class Finetune(Config):
     temperature: float = 4.0
     alpha: float = 0.7
     max_batches: int | None = None
+    feature_layers: tuple[str, ...] = ()
+    feature_weight: float = 1.0
+    patience: int | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -53,7 +70,9 @@ class Finetune(Config):
         check_range(name, "alpha", self.alpha, 0, 1)
         if self.max_batches is not None:
             check_range(name, "max_batches", self.max_batches, 1, integer=True)
-
+        check_range(name, "feature_weight", self.feature_weight, 0)
+        if self.patience is not None:
+            check_range(name, "patience", self.patience, 1, integer=True)
 
     def requires_data(self) -> bool:
         """Fine-tuning always needs a labelled training loader."""
@@ -62,9 +81,13 @@ class Finetune(Config):
 
 @dataclass
 class History:
-    """Mean training loss per epoch."""
+    """What a fine-tuning run did: mean training loss per epoch, the validation metric per epoch (when
+    evaluated), the epoch whose weights were kept (1-based) and whether it stopped early."""
 
     losses: list[float]
+    metrics: list[float] = field(default_factory=list)
+    best_epoch: int | None = None
+    stopped_early: bool = False
 
 
 def _optimizer(model: nn.Module, cfg: Finetune) -> torch.optim.Optimizer:
@@ -76,6 +99,48 @@ def _optimizer(model: nn.Module, cfg: Finetune) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+def _to(device: torch.device, value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: _to(device, v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return type(value)(_to(device, v) for v in value)
+    return value
+
+
+class _Loss:
+    """The training loss: task loss, mixed with soft-target distillation and feature matching."""
+
+    def __init__(self, model: nn.Module, teacher: nn.Module | None, cfg: Finetune, loss_fn: Callable):
+        self.teacher, self.cfg, self.loss_fn = teacher, cfg, loss_fn
+        layers = cfg.feature_layers
+        if layers and teacher is None:
+            raise ConfigError("Finetune.feature_layers needs a teacher: pass teacher= (and keep distill=True)")
+        self.student_tap = FeatureTap(model, layers) if layers else None
+        self.teacher_tap = FeatureTap(teacher, layers) if layers else None
+
+    def __call__(self, net: nn.Module, inputs: Any, target: torch.Tensor) -> torch.Tensor:
+        logits = first_tensor(call(net, inputs))
+        loss = self.loss_fn(logits, target)
+        if self.teacher is None:
+            return loss
+        with torch.no_grad():
+            teacher_logits = first_tensor(call(self.teacher, inputs))
+        cfg = self.cfg
+        loss = (1 - cfg.alpha) * loss + cfg.alpha * soft_target_kl(logits, teacher_logits, cfg.temperature)
+        if self.student_tap is not None:
+            names = self.student_tap.names
+            hint = feature_mse(self.student_tap.features(), self.teacher_tap.features(), names)
+            loss = loss + cfg.feature_weight * hint
+        return loss
+
+    def close(self) -> None:
+        for tap in (self.student_tap, self.teacher_tap):
+            if tap is not None:
+                tap.close()
+
+
 def finetune(
     model: nn.Module,
     data: Any,
@@ -85,22 +150,33 @@ def finetune(
     config: Finetune | None = None,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     on_step: Callable[[nn.Module], None] | None = None,
+    eval_fn: Callable[[nn.Module], float] | None = None,
     seed: int = 0,
 ) -> nn.Module:
-    """Train ``model`` in place on ``data``; with a ``teacher``, mix soft-target distillation into the loss.
+    """Train ``model`` in place on ``data``; with a ``teacher``, mix distillation into the loss.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) the same call trains with DistributedDataParallel; every rank
+    returns the same trained model, and only rank 0 logs.
 
     Args:
-        model: the model to train (changed in place).
+        model: the model to train (changed in place); pruning masks on it are kept.
         data: a loader of ``(inputs, labels)`` batches or a zoo data object (its ``train`` loader is used).
         teacher: a frozen reference model (usually the uncompressed original) for distillation.
         epochs: overrides ``config.epochs``.
         config: the :class:`Finetune` settings; defaults when None.
         loss_fn: the task loss on ``(logits, labels)``; cross-entropy by default.
-        on_step: called with the model after every optimizer step (pruning masks, schedules).
+        on_step: called with the model after every optimizer step (pruning schedules). If it has a
+            ``finished`` attribute, early stopping only keeps weights from epochs where it is True.
+        eval_fn: validation metric ``eval_fn(model) -> float``, higher is better, evaluated after every epoch;
+            ``data.evaluate`` is used when ``config.patience`` is set and no ``eval_fn`` is given.
         seed: seeds the shuffling and any dropout.
 
     Returns:
-        The same model, trained, in eval mode.
+        The same model, trained, in eval mode; ``model._slim_history`` holds the :class:`History`.
+
+    Raises:
+        ConfigError: early stopping without a metric, or feature matching without a teacher.
+        DataError: unlabelled batches, or no trainable parameters.
 
     Example:
         >>> import slimtorch as st, torch
@@ -112,40 +188,68 @@ def finetune(
     cfg = config or Finetune()
     n_epochs = cfg.epochs if epochs is None else epochs
     loader = as_loader(data, "train")
-    loss_fn = loss_fn or F.cross_entropy
+    if eval_fn is None and cfg.patience is not None:
+        eval_fn = getattr(data, "evaluate", None)
+        if eval_fn is None:
+            raise ConfigError("Finetune.patience needs a validation metric: pass eval_fn=(model -> float)")
     torch.manual_seed(seed)
-    if teacher is not None and cfg.distill:
-        teacher = teacher.eval()
-    else:
-        teacher = None
+    teacher = teacher.eval() if teacher is not None and cfg.distill else None
+    restore_masks(model)  # (re)install the gradient hooks of any pruning masks, e.g. on a deep copy
+    net = model
+    if ddp.world_size() > 1:
+        ddp.init(model)
+        loader = ddp.shard(loader, seed)
+        net = ddp.wrap(model)
+    device = next(model.parameters()).device
     optimizer = _optimizer(model, cfg)
-    history = []
-    model.train()
-    for epoch in range(n_epochs):
-        total, count = 0.0, 0
-        for step, batch in enumerate(progress(loader, f"fine-tune epoch {epoch + 1}/{n_epochs}")):
-            if cfg.max_batches is not None and step >= cfg.max_batches:
-                break
-            inputs, target = split_batch(batch)
-            if target is None:
-                raise DataError("fine-tuning needs labelled batches (inputs, labels)")
-            logits = first_tensor(call(model, inputs))
-            loss = loss_fn(logits, target)
-            if teacher is not None:
+    loss_of = _Loss(model, teacher, cfg, loss_fn or F.cross_entropy)
+    history = History([])
+    best_metric, best_state, waited = float("-inf"), None, 0
+    try:
+        for epoch in range(n_epochs):
+            ddp.set_epoch(loader, epoch)
+            model.train()
+            total, count = 0.0, 0
+            batches = progress(loader, f"fine-tune epoch {epoch + 1}/{n_epochs}") if ddp.is_main() else loader
+            for step, batch in enumerate(batches):
+                if cfg.max_batches is not None and step >= cfg.max_batches:
+                    break
+                inputs, target = split_batch(_to(device, batch))
+                if target is None:
+                    raise DataError("fine-tuning needs labelled batches (inputs, labels)")
+                loss = loss_of(net, inputs, target)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                apply_masks(model)
+                if on_step is not None:
+                    on_step(model)
+                total += float(loss.detach())
+                count += 1
+            history.losses.append(ddp.mean_over_ranks(total / max(count, 1)))
+            message = f"fine-tune epoch {epoch + 1}/{n_epochs}: loss {history.losses[-1]:.4f}"
+            if eval_fn is not None:
+                model.eval()
                 with torch.no_grad():
-                    teacher_logits = first_tensor(call(teacher, inputs))
-                loss = (1 - cfg.alpha) * loss + cfg.alpha * soft_target_kl(logits, teacher_logits, cfg.temperature)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if on_step is not None:
-                on_step(model)
-            total += float(loss.detach())
-            count += 1
-        history.append(total / max(count, 1))
-        logger.info("fine-tune epoch %d/%d: loss %.4f", epoch + 1, n_epochs, history[-1])
+                    history.metrics.append(float(eval_fn(model)))
+                message += f", validation {history.metrics[-1]:.4f}"
+                if getattr(on_step, "finished", True) and history.metrics[-1] > best_metric:
+                    best_metric, waited, history.best_epoch = history.metrics[-1], 0, epoch + 1
+                    best_state = copy.deepcopy(model.state_dict()) if cfg.patience is not None else None
+                elif getattr(on_step, "finished", True):
+                    waited += 1
+            if ddp.is_main():
+                logger.info(message)
+            if cfg.patience is not None and waited >= cfg.patience:
+                history.stopped_early = True
+                break
+    finally:
+        loss_of.close()
+    if best_state is not None and history.best_epoch != len(history.losses):
+        model.load_state_dict(best_state)
+        logger.info("fine-tune: kept the weights of epoch %d (validation %.4f)", history.best_epoch, best_metric)
     model.eval()
-    model.__dict__["_slim_history"] = History(history)
+    model.__dict__["_slim_history"] = history
     return model
 
 

@@ -1,0 +1,130 @@
+"""N:M semi-structured pruning: in every group of M consecutive weights along the input dimension, keep the
+N most important and zero the rest (2:4 is the pattern of sparse tensor cores).
+
+The input dimension of a Linear weight ``(out, in)`` is ``in``; for a convolution ``(out, in, *kernel)`` the
+groups run along the flattened ``in * kernel`` axis of each filter, the reduction axis of its GEMM. A layer
+whose input size is not a multiple of M is left dense (and named in the log and the report).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from slimtorch._log import logger
+from slimtorch.api import handler
+from slimtorch.config import Config, check_range, register
+from slimtorch.errors import ConfigError
+from slimtorch.prune.masks import MASK, attach_mask, make_permanent
+from slimtorch.prune.unstructured import choose_layers, layer_scores, report
+
+
+@register("prune", "nm")
+@dataclass(frozen=True, kw_only=True)
+class NMPruning(Config):
+    """Keep at most ``n`` non-zeros in every ``m`` consecutive weights along the input dimension.
+
+    Attributes:
+        n: weights kept per group.
+        m: group size (a multiple-of-m input size is needed; other layers stay dense).
+        importance: how weights are ranked inside a group ("l1", "l2", "random", "taylor", "movement").
+        include: name/type patterns of the layers to prune (None: every Linear and Conv).
+        exclude: patterns of layers to leave alone.
+        prune_head: also prune the last Linear (the classifier head).
+        calibration_batches: batches of data for "taylor"/"movement".
+        keep_masks: keep masks so fine-tuning holds the pattern; False folds them now.
+    """
+
+    n: int = 2
+    m: int = 4
+    importance: Literal["l1", "l2", "random", "taylor", "movement"] = "l1"
+    include: tuple[str, ...] | None = None
+    exclude: tuple[str, ...] = ()
+    prune_head: bool = False
+    calibration_batches: int = 8
+    keep_masks: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        name = type(self).__name__
+        check_range(name, "m", self.m, 1, integer=True)
+        check_range(name, "n", self.n, 0, integer=True)
+        if self.n > self.m:
+            raise ConfigError(f"{name}.n={self.n} is larger than m={self.m}; N:M keeps n of every m weights, "
+                              "so n must be at most m (e.g. n=2, m=4)")
+        check_range(name, "calibration_batches", self.calibration_batches, 1, integer=True)
+
+    def requires_data(self) -> bool:
+        """Taylor and movement importance need calibration batches."""
+        return self.importance in ("taylor", "movement")
+
+
+def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Bool keep-mask with the ``n`` highest scores of every ``m`` consecutive entries along the input axis.
+
+    Args:
+        scores: ``(out, in, *kernel)`` scores; ``in * prod(kernel)`` must be a multiple of ``m``.
+
+    Returns:
+        A bool tensor of ``scores``' shape (ties broken by position, earlier kept).
+    """
+    rows = scores.reshape(scores.shape[0], -1)  # (out, K) with K = in * prod(kernel)
+    if rows.shape[1] % m:
+        raise ValueError(f"input size {rows.shape[1]} is not a multiple of m={m}")
+    groups = rows.reshape(-1, m)  # (out * K / m, m)
+    order = torch.argsort(groups, dim=1, descending=True, stable=True)
+    keep = torch.zeros_like(groups, dtype=torch.bool)
+    keep.scatter_(1, order[:, :n], True)
+    return keep.reshape(scores.shape)
+
+
+def nm_violations(weight: torch.Tensor, n: int, m: int) -> int:
+    """Number of ``m``-groups along the input axis of ``weight`` holding more than ``n`` non-zeros."""
+    rows = weight.detach().reshape(weight.shape[0], -1)
+    if rows.shape[1] % m:
+        raise ValueError(f"input size {rows.shape[1]} is not a multiple of m={m}")
+    return int(((rows.reshape(-1, m) != 0).sum(1) > n).sum())
+
+
+def check_nm(model: nn.Module, n: int, m: int, layers: Sequence[str]) -> None:
+    """Verify that every named layer holds at most ``n`` non-zeros per ``m``-group.
+
+    Raises:
+        ConfigError: naming the first layer that breaks the pattern and how many groups do.
+    """
+    for name in layers:
+        bad = nm_violations(model.get_submodule(name).weight, n, m)
+        if bad:
+            raise ConfigError(f"layer {name!r} breaks the {n}:{m} pattern in {bad} groups; prune it again "
+                              "with NMPruning or keep its masks during fine-tuning")
+
+
+@handler(NMPruning)
+def _prune(model: nn.Module, config: NMPruning, *, data: Any, example_inputs: Any,
+           select: Sequence[str] | None, seed: int) -> nn.Module:
+    layers = choose_layers(model, config.include, config.exclude, config.prune_head, select)
+    fits = [(n, mod) for n, mod in layers if mod.weight[0].numel() % config.m == 0]
+    skipped = [n for n, mod in layers if mod.weight[0].numel() % config.m]
+    if skipped:
+        logger.warning("N:M pruning left %s dense: their input size is not a multiple of m=%d", skipped, config.m)
+    if not fits:
+        raise ConfigError(f"NMPruning found no Linear/Conv layer whose input size is a multiple of m={config.m} "
+                          f"(skipped {skipped}); choose another m or other layers")
+    scores = layer_scores(model, fits, config.importance, data=data,
+                          calibration_batches=config.calibration_batches, seed=seed)
+    masks = {name: nm_mask(scores[name], config.n, config.m) for name, _ in fits}
+    for name, module in fits:
+        attach_mask(module, masks[name])
+        masks[name] = getattr(module, MASK).bool()
+    check_nm(model, config.n, config.m, list(masks))
+    result = report(masks)
+    result["skipped"] = skipped
+    logger.info("%d:%d pruning: %.1f%% zero over %d layers", config.n, config.m, 100 * result["overall"], len(fits))
+    if not config.keep_masks:
+        make_permanent(model)
+    model.__dict__["slimtorch_pruning"] = result
+    return model

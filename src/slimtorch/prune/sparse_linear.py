@@ -1,0 +1,162 @@
+"""A Linear layer that multiplies with a sparse CSR weight, used only where it measured faster than dense.
+
+Sparse kernels beat a dense GEMM only at high sparsity, and where the break-even lies depends on the CPU,
+the layer shape, the batch and the BLAS behind the dense path. So :func:`use_sparse_kernels` never assumes
+it: it runs the model once on the example inputs, times each pruned Linear's dense and CSR products on that
+layer's real input (round-robin, so machine load hits both alike), and switches only the layers where the
+sparse kernel won by ``min_speedup``.
+
+:class:`SparseLinear` keeps the CSR weight in memory but saves and loads it as the dense weight, which
+``slimtorch.save`` stores as a bitmask plus values (smaller than CSR indices) and loads back exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from slimtorch._log import logger
+from slimtorch.data import call
+from slimtorch.errors import ConfigError
+from slimtorch.io.manifest import register_module
+from slimtorch.measure.latency import time_interleaved
+
+
+@register_module
+class SparseLinear(nn.Module):
+    """``y = x W^T + b`` with ``W`` held as a ``torch.sparse_csr`` tensor (inference only, CPU).
+
+    Args:
+        in_features: input size.
+        out_features: output size.
+        bias: whether the layer adds a bias.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("weight_csr", torch.zeros(out_features, in_features).to_sparse_csr(), persistent=False)
+        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> SparseLinear:
+        """A SparseLinear computing exactly what ``linear`` computes (its zero weights are dropped)."""
+        out = cls(linear.in_features, linear.out_features, linear.bias is not None)
+        out.weight_csr = linear.weight.detach().to_sparse_csr()
+        if linear.bias is not None:
+            out.bias = linear.bias.detach().clone()
+        return out
+
+    def manifest_args(self) -> dict[str, Any]:
+        """Constructor arguments recorded in the saved manifest."""
+        return {"in_features": self.in_features, "out_features": self.out_features, "bias": self.bias is not None}
+
+    def weight_counts(self) -> tuple[int, int]:
+        """(logical weights, non-zero weights), bias included, for ``slimtorch.measure``."""
+        nb = 0 if self.bias is None else self.bias.numel()
+        return self.in_features * self.out_features + nb, int(self.weight_csr.values().count_nonzero()) + nb
+
+    def dense_weight(self) -> torch.Tensor:
+        """The weight as a dense ``(out, in)`` tensor."""
+        return self.weight_csr.to_dense()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, self.in_features)  # (tokens, in)
+        y = (self.weight_csr @ rows.t()).t()  # (tokens, out)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        destination[prefix + "weight"] = self.dense_weight()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        key = prefix + "weight"
+        if key in state_dict:
+            self.weight_csr = state_dict[key].detach().to(torch.float32).to_sparse_csr()
+        else:
+            missing_keys.append(key)
+        rest = {k: v for k, v in state_dict.items() if k != key}
+        super()._load_from_state_dict(rest, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+    def extra_repr(self) -> str:
+        nnz = self.weight_csr.values().numel()
+        return f"in_features={self.in_features}, out_features={self.out_features}, nnz={nnz}"
+
+
+def _layer_inputs(model: nn.Module, example_inputs: Any, names: Sequence[str]) -> dict[str, torch.Tensor]:
+    """The input each named layer receives in one forward pass on ``example_inputs``."""
+    seen: dict[str, torch.Tensor] = {}
+    handles = [
+        model.get_submodule(n).register_forward_pre_hook(lambda _m, args, n=n: seen.setdefault(n, args[0].detach()))
+        for n in names
+    ]
+    try:
+        with torch.no_grad():
+            call(model, example_inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+def time_layer(linear: nn.Linear, x: torch.Tensor, *, rounds: int = 5, round_seconds: float = 0.05) -> dict:
+    """Median ms of the dense and the CSR product of ``linear`` on input ``x``, timed round-robin."""
+    sparse = SparseLinear.from_linear(linear)
+    weight, bias = linear.weight.detach(), None if linear.bias is None else linear.bias.detach()
+    timings = time_interleaved({"dense": lambda: F.linear(x, weight, bias), "sparse": lambda: sparse(x)},
+                               rounds=rounds, round_seconds=round_seconds)
+    return {"dense_ms": timings["dense"].median_ms, "sparse_ms": timings["sparse"].median_ms}
+
+
+def use_sparse_kernels(
+    model: nn.Module,
+    example_inputs: Any,
+    *,
+    layers: Sequence[str] | None = None,
+    min_sparsity: float = 0.5,
+    min_speedup: float = 1.1,
+) -> dict[str, dict[str, Any]]:
+    """Replace pruned ``nn.Linear`` layers by :class:`SparseLinear` where the sparse kernel measured faster.
+
+    Args:
+        model: the model (changed in place); masks must already be folded (``make_permanent``).
+        example_inputs: inputs of the batch size the model will serve; each layer is timed on its real input.
+        layers: names of the Linear layers to consider (None: every Linear).
+        min_sparsity: layers with fewer zeros (fraction 0-1) are not tried.
+        min_speedup: dense time / sparse time a layer must reach to be switched.
+
+    Returns:
+        Layer name -> ``{"sparsity", "dense_ms", "sparse_ms", "speedup", "switched"}`` for every layer tried.
+
+    Raises:
+        ConfigError: no example inputs.
+    """
+    if example_inputs is None:
+        raise ConfigError("kernel='auto' times sparse against dense kernels on real inputs: pass example_inputs=")
+    names = [n for n, m in model.named_modules() if type(m) is nn.Linear and (layers is None or n in layers)]
+    zeros = {n: float((model.get_submodule(n).weight == 0).float().mean()) for n in names}
+    names = [n for n in names if zeros[n] >= min_sparsity]
+    inputs = _layer_inputs(model, example_inputs, names)
+    results = {}
+    for name in names:
+        if name not in inputs or inputs[name].device.type != "cpu":
+            continue
+        linear = model.get_submodule(name)
+        timing = time_layer(linear, inputs[name])
+        speedup = timing["dense_ms"] / max(timing["sparse_ms"], 1e-9)
+        switched = speedup >= min_speedup
+        if switched:
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, SparseLinear.from_linear(linear))
+        results[name] = {"sparsity": zeros[name], **timing, "speedup": speedup, "switched": switched}
+        logger.info("layer %s at %.0f%% sparsity: dense %.3f ms, CSR %.3f ms -> %s", name, 100 * zeros[name],
+                    timing["dense_ms"], timing["sparse_ms"], "sparse" if switched else "dense")
+    return results
