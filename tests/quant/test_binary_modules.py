@@ -89,3 +89,14 @@ def test_unsupported_layers_are_refused_with_the_reason():
         BinaryConv2d.from_float(torch.nn.Conv2d(4, 4, 3, groups=2))
     with pytest.raises(ValueError, match="ternary"):
         BinaryLinear(4, 4, ternary=True, activations=True)
+
+
+def test_auto_kernel_uses_packed_bits_for_few_rows_only():
+    wide = BinaryLinear.from_float(torch.nn.Linear(64, 1024))
+    assert wide.use_packed(1) and wide.use_packed(8) and not wide.use_packed(64)
+    narrow = BinaryConv2d.from_float(torch.nn.Conv2d(128, 128, 3))
+    assert narrow.use_packed(1) and not narrow.use_packed(16)  # tables cost more than the bits for few outputs
+    xnor = BinaryLinear.from_float(torch.nn.Linear(64, 1024), activations=True)
+    assert xnor.use_packed(8) and not xnor.use_packed(9)
+    xnor.kernel = "packed"
+    assert xnor.use_packed(10_000)

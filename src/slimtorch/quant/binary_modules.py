@@ -7,8 +7,8 @@ the packed bits) and :mod:`.binary_pack`. ``kernel`` picks the path per call:
 - ``"packed"``: always compute on the packed bits (lookup tables for real inputs, XNOR-popcount for binary
   inputs); the weights are never expanded to floats.
 - ``"unpacked"``: expand the bits to a +-1 / 0 float matrix for this call and use the dense GEMM/conv.
-- ``"auto"`` (default): packed for at most ``max_packed_rows`` rows (memory-bound small batches, where it is
-  measured to help), unpacked above (compute-bound, where the dense kernels win); see ``docs/binary.md``.
+- ``"auto"`` (default): packed for few rows (small batches, where it beats expanding the bits), unpacked for
+  many (where the dense kernels win); see :meth:`_PackedWeights.use_packed` and ``docs/binary.md``.
 
 Both paths compute the same products (equal up to float summation order).
 """
@@ -104,8 +104,18 @@ class _PackedWeights(nn.Module):
         return hit[1]
 
     def use_packed(self, rows: int) -> bool:
-        """Whether a call with ``rows`` input rows runs on the packed bits (see ``kernel``)."""
-        return self.kernel == "packed" or (self.kernel == "auto" and rows <= self.max_packed_rows)
+        """Whether a call with ``rows`` input rows runs on the packed bits (see ``kernel``).
+
+        ``"auto"`` follows a work model fitted to ``benchmarks/bench_binary_speed.py``: expanding the bits costs
+        about ``out * K`` per call whatever the rows; the tables cost about ``rows * K * (32 + out / 8)``, and
+        XNOR-popcount makes several passes over ``rows * out * K / 8`` bytes (break-even near 8 rows).
+        """
+        if self.kernel != "auto":
+            return self.kernel == "packed"
+        if self.activations:
+            return rows <= self.max_packed_rows // 2
+        out = self.scale.numel()
+        return rows <= self.max_packed_rows and rows * (32 + out / 8) <= 2 * out
 
     def packed_product(self, x: torch.Tensor, padded: bool = False) -> torch.Tensor:
         """``(R, K) -> (R, out)`` unscaled products on the packed bits.
