@@ -3,10 +3,10 @@
 - ``qconv2d`` / ``qlinear_static``: oneDNN ``onednn.qconv2d_pointwise`` / ``onednn.qlinear_pointwise`` on a
   uint8 activation (per-tensor scale and zero point) and an int8 per-channel symmetric weight, float32 out,
   optional fused ReLU.
-- ``dynamic_int8_mm``: activations quantized per row (token) at run time, then ``torch._int_mm`` (int8 x int8
-  -> int32, exact) or oneDNN, whichever :func:`fastest` measured quicker for the shape.
-- ``weight_only_mm``: ``aten._weight_int8pack_mm`` (int8) and ``aten._weight_int4pack_mm_for_cpu`` (int4),
-  raced against dequantize-then-matmul; the faster correct one per shape is kept.
+- ``int_mm_rows``: activations quantized per row (token) at run time, then ``torch._int_mm`` (int8 x int8
+  -> int32, exact); ``onednn_dynamic``: one asymmetric uint8 scale per call, then oneDNN.
+- weight-only (in ``QuantLinear``): ``aten._weight_int8pack_mm`` (int8) and ``aten._weight_int4pack_mm_for_cpu``
+  (int4) raced by :func:`fastest` against dequantize-then-matmul; the faster one per shape is kept.
 
 Pre-packed weights are caches built on first use; the modules' state stays plain tensors.
 """
@@ -105,13 +105,27 @@ def int_mm_rows(x2: torch.Tensor, qweight_t: torch.Tensor, w_scale: torch.Tensor
     return torch._int_mm(qx, qweight_t).float().mul_(sx).mul_(w_scale)
 
 
-def onednn_dynamic(x2: torch.Tensor, packed: torch.Tensor, w_scale: torch.Tensor) -> torch.Tensor:
-    """Per-tensor dynamic int8 product through oneDNN: the activation range is measured on this call."""
-    lo, hi = torch.aminmax(x2)
+def tensor_qparams(x: torch.Tensor) -> tuple[float, int]:
+    """Asymmetric uint8 ``(scale, zero_point)`` covering ``x``'s range (extended to include 0)."""
+    lo, hi = torch.aminmax(x)
     lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
     scale = max((hi - lo) / 255.0, 1e-12)
-    zp = int(min(max(round(-lo / scale), 0), 255))
+    return scale, int(min(max(round(-lo / scale), 0), 255))
+
+
+def onednn_dynamic(x2: torch.Tensor, packed: torch.Tensor, w_scale: torch.Tensor) -> torch.Tensor:
+    """Per-tensor dynamic int8 product through oneDNN: the activation range is measured on this call."""
+    scale, zp = tensor_qparams(x2)
     return qlinear_static(x2, packed, scale, zp, w_scale, None)
+
+
+def fake_dynamic(x2: torch.Tensor, per_token: bool) -> torch.Tensor:
+    """The float values a dynamic layer's quantized activation represents (its reference path)."""
+    if per_token:
+        q, s = quantize_rows(x2)
+        return q.float() * s
+    scale, zp = tensor_qparams(x2)
+    return (quantize_uint8(x2, scale, zp).float() - zp) * scale
 
 
 def pack_int4_for_cpu(q: torch.Tensor) -> torch.Tensor:

@@ -72,14 +72,17 @@ class QuantLinear(_QuantBase):
         bits: weight bit width (2..8; weight-only 4 is stored packed).
         group_size: inputs per weight scale (0 = one scale per output channel).
         relu: static mode only, apply ReLU inside the kernel.
+        per_token: dynamic mode: one activation scale per row (``torch._int_mm``) rather than one per call
+            (oneDNN, asymmetric uint8).
     """
 
     def __init__(
         self, in_features: int, out_features: int, bias: bool = True, *, mode: str = "static", bits: int = 8,
-        group_size: int = 0, relu: bool = False,
+        group_size: int = 0, relu: bool = False, per_token: bool = True,
     ) -> None:
         super().__init__()
         self.in_features, self.out_features, self.group_size, self.relu = in_features, out_features, group_size, relu
+        self.per_token = per_token
         scale_shape = (out_features, in_features // group_size) if group_size else (out_features,)
         self._init_common(out_features, scale_shape, bias, mode, bits)
         packed = mode == "weight_only" and bits == 4
@@ -88,7 +91,8 @@ class QuantLinear(_QuantBase):
 
     def manifest_args(self) -> dict:
         return {"in_features": self.in_features, "out_features": self.out_features, "bias": self.bias is not None,
-                "mode": self.mode, "bits": self.bits, "group_size": self.group_size, "relu": self.relu}
+                "mode": self.mode, "bits": self.bits, "group_size": self.group_size, "relu": self.relu,
+                "per_token": self.per_token}
 
     def int_weight(self) -> torch.Tensor:
         """Weight integers as int8 [out, in] (unpacked if stored as int4)."""
@@ -109,8 +113,7 @@ class QuantLinear(_QuantBase):
         if self.mode == "static":
             x = self._fake_input(x)
         elif self.mode == "dynamic":
-            q, s = kernels.quantize_rows(x.reshape(-1, x.shape[-1]).float())
-            x = (q.float() * s).reshape(x.shape)
+            x = kernels.fake_dynamic(x.reshape(-1, x.shape[-1]).float(), self.per_token).reshape(x.shape)
         out = F.linear(x.float(), self.dequantized_weight(), self.bias)
         return F.relu(out) if self.relu else out
 
@@ -132,6 +135,10 @@ class QuantLinear(_QuantBase):
                                       self.weight_scale, self.bias, self.relu)
 
     def _dynamic(self, x2: torch.Tensor) -> torch.Tensor:
+        if not self.per_token:
+            if "packed" not in self._cache:
+                self._cache["packed"] = torch.ops.onednn.qlinear_prepack(self.int_weight(), None)
+            return kernels.onednn_dynamic(x2, self._cache["packed"], self.weight_scale)
         if "wt" not in self._cache:
             self._cache["wt"] = self.int_weight().t().contiguous()  # [in, out] for _int_mm
         return kernels.int_mm_rows(x2, self._cache["wt"], self.weight_scale)
@@ -143,7 +150,7 @@ class QuantLinear(_QuantBase):
         if self.bits == 8 and not self.group_size:
             candidates["int8pack_mm"] = lambda: torch.ops.aten._weight_int8pack_mm(
                 x2, self.qweight, self.weight_scale)
-        elif self.bits == 4 and self.group_size in (32, 64, 128, 256) and self.in_features % self.group_size == 0:
+        elif self.bits == 4 and self.group_size in (32, 64, 128, 256) and self.out_features % 16 == 0:
             if "int4" not in self._cache:
                 self._cache["int4"] = kernels.pack_int4_for_cpu(self.int_weight())
                 self._cache["sz"] = kernels.int4_scales_and_zeros(self.weight_scale)

@@ -1,0 +1,1 @@
+"""Quantization: integer arithmetic, calibration observers, quantized modules and methods."""

@@ -1,0 +1,112 @@
+"""Quantization configs: one frozen dataclass per method (recipe stage ``quantize``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from slimtorch.config import Config, check_range, register
+from slimtorch.errors import ConfigError
+
+Observer = Literal["minmax", "moving_average", "percentile", "mse", "entropy"]
+
+
+def _check_patterns(owner: str, field: str, value: tuple | None) -> None:
+    if value is not None and any(not isinstance(p, str) for p in value):
+        raise ConfigError(f"{owner}.{field}={value!r} must be a list of layer-name patterns or type names")
+
+
+@register("quantize", "static")
+@dataclass(frozen=True, kw_only=True)
+class StaticQuant(Config):
+    """Static post-training int8: weights per output channel (symmetric int8), activations per tensor
+    (asymmetric uint8) with ranges calibrated ahead of time; Linear and Conv2d run on integer kernels.
+
+    Attributes:
+        bits: 8 (the integer kernels are int8; use ``WeightOnlyQuant`` for 4-bit weights).
+        observer: how activation ranges are chosen from calibration data (see ``quant.observers``).
+        percentile: the percentile for ``observer="percentile"`` (e.g. 99.99).
+        calibration_batches: batches of data to calibrate on.
+        fold_bn: fold BatchNorm into the preceding convolution first.
+        fuse_relu: run a ReLU that directly follows a layer inside its kernel.
+        include: only these layers (patterns or type names); None: every Linear and Conv2d.
+        exclude: layers kept in float (mixed precision).
+    """
+
+    bits: int = 8
+    observer: Observer = "minmax"
+    percentile: float = 99.99
+    calibration_batches: int = 32
+    fold_bn: bool = True
+    fuse_relu: bool = True
+    include: tuple[str, ...] | None = None
+    exclude: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        name = type(self).__name__
+        if self.bits != 8:
+            raise ConfigError(f"{name}.bits={self.bits!r} is not allowed; static quantization runs int8 kernels "
+                              "(bits=8); for 4-bit weights use WeightOnlyQuant(bits=4)")
+        check_range(name, "percentile", self.percentile, 50, 100)
+        check_range(name, "calibration_batches", self.calibration_batches, 1, integer=True)
+        _check_patterns(name, "include", self.include)
+        _check_patterns(name, "exclude", self.exclude)
+
+    def requires_data(self) -> bool:
+        """Calibration needs data."""
+        return True
+
+
+@register("quantize", "dynamic")
+@dataclass(frozen=True, kw_only=True)
+class DynamicQuant(Config):
+    """Dynamic int8 for Linear layers: int8 per-channel weights, activations quantized at run time.
+
+    Attributes:
+        bits: 8.
+        activations: "token" (one scale per row/token, more accurate) or "tensor" (one scale per call).
+        include: only these layers; None: every Linear.
+        exclude: layers kept in float.
+    """
+
+    bits: int = 8
+    activations: Literal["token", "tensor"] = "token"
+    include: tuple[str, ...] | None = None
+    exclude: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        name = type(self).__name__
+        if self.bits != 8:
+            raise ConfigError(f"{name}.bits={self.bits!r} is not allowed; dynamic quantization is int8 (bits=8)")
+        _check_patterns(name, "include", self.include)
+        _check_patterns(name, "exclude", self.exclude)
+
+
+@register("quantize", "weight_only")
+@dataclass(frozen=True, kw_only=True)
+class WeightOnlyQuant(Config):
+    """Integer weights, float activations (memory-bound inference at small batch, the LLM case).
+
+    Attributes:
+        bits: 8 or 4 (int4 is stored packed two per byte).
+        group_size: one scale per this many input columns (32/64/128/...); None: one scale per output row.
+        include: only these layers; None: every Linear.
+        exclude: layers kept in float.
+    """
+
+    bits: Literal[4, 8] = 4
+    group_size: int | None = 128
+    include: tuple[str, ...] | None = None
+    exclude: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        name = type(self).__name__
+        if self.group_size is not None:
+            check_range(name, "group_size", self.group_size, 2, integer=True)
+        if self.bits == 4 and self.group_size is None:
+            raise ConfigError(f"{name}.group_size=None is not allowed with bits=4; use a group size such as 128")
+        _check_patterns(name, "include", self.include)
+        _check_patterns(name, "exclude", self.exclude)

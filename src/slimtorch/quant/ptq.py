@@ -1,0 +1,210 @@
+"""Post-training quantization: weights to integers, activation ranges calibrated, layers swapped in place.
+
+``apply_static`` / ``apply_dynamic`` / ``apply_weight_only`` are the handlers of ``st.quantize`` for
+:class:`StaticQuant`, :class:`DynamicQuant` and :class:`WeightOnlyQuant`. The arithmetic lives in
+``quant.qparams``, the ranges in ``quant.observers``; this module wires hooks and replaces modules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from slimtorch._log import logger, progress
+from slimtorch.api import handler
+from slimtorch.config import Config
+from slimtorch.data import call, iter_inputs
+from slimtorch.errors import ConfigError, DataError
+from slimtorch.quant.config import DynamicQuant, StaticQuant, WeightOnlyQuant
+from slimtorch.quant.modules import QuantConv2d, QuantLinear
+from slimtorch.quant.observers import make_observer
+from slimtorch.quant.packing import pack_int4
+from slimtorch.quant.qparams import choose_qparams, minmax, quantize
+from slimtorch.select import select as select_layers
+
+
+def quantize_weight(
+    weight: torch.Tensor, bits: int = 8, group_size: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Symmetric signed quantization of a weight per output channel (dim 0) or per group of input columns.
+
+    Args:
+        weight: float weight, ``[out, ...]`` (per channel) or ``[out, in]`` (per group).
+        bits: bit width, 2..8.
+        group_size: input columns per scale; None: one scale per output channel.
+
+    Returns:
+        ``(q, scale, zero_point)``: int8 codes of ``weight``'s shape, float32 scales and int32 zero points (all 0)
+        of shape ``[out]`` or ``[out, in // group_size]``.
+    """
+    w = weight.detach().float()
+    lo, hi = minmax(w, axis=0, group_size=group_size)
+    scale, zero = choose_qparams(lo, hi, bits=bits, symmetric=True, signed=True)
+    return quantize(w, scale, zero, bits=bits, signed=True, axis=0, group_size=group_size), scale, zero
+
+
+def _layers(model: nn.Module, config: Config, types: list[type], select: Sequence[str] | None) -> list[tuple]:
+    include = config.include if config.include is not None else select
+    return select_layers(model, types, include=include, exclude=config.exclude)
+
+
+def _set(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+def _bias(m: nn.Module) -> torch.Tensor | None:
+    return None if m.bias is None else m.bias.detach().float().clone()
+
+
+def quant_linear(linear: nn.Linear, *, mode: str, bits: int = 8, group_size: int | None = None,
+                 relu: bool = False, per_token: bool = True) -> QuantLinear:
+    """Build the :class:`QuantLinear` twin of a float ``nn.Linear`` (input ranges of static layers still unset)."""
+    q, scale, zero = quantize_weight(linear.weight, bits, group_size)
+    out = QuantLinear(linear.in_features, linear.out_features, linear.bias is not None, mode=mode, bits=bits,
+                      group_size=group_size or 0, relu=relu, per_token=per_token)
+    out.qweight = pack_int4(q, signed=True) if out.qweight.dtype == torch.uint8 else q
+    out.weight_scale, out.weight_zero_point = scale, zero
+    if linear.bias is not None:
+        out.bias = _bias(linear)
+    return out
+
+
+def quant_conv2d(conv: nn.Conv2d, *, bits: int = 8, relu: bool = False) -> QuantConv2d:
+    """Build the static :class:`QuantConv2d` twin of a float ``nn.Conv2d`` (input range still unset)."""
+    q, scale, zero = quantize_weight(conv.weight, bits)
+    out = QuantConv2d(conv.in_channels, conv.out_channels, list(conv.kernel_size), list(conv.stride),
+                      list(conv.padding), list(conv.dilation), conv.groups, conv.bias is not None, bits=bits,
+                      relu=relu)
+    out.qweight, out.weight_scale, out.weight_zero_point = q, scale, zero
+    if conv.bias is not None:
+        out.bias = _bias(conv)
+    return out
+
+
+def fuse_relus(model: nn.Module, example_inputs: Any, names: set[str]) -> set[str]:
+    """Find layers in ``names`` whose only reader is an ``nn.ReLU`` module called once; swap that ReLU for
+    ``nn.Identity`` (the kernel applies it) and return the fused layer names."""
+    from slimtorch.graph.trace import trace
+
+    tr = trace(model, example_inputs)
+    uses: dict[int, int] = {}
+    calls: dict[str, int] = {}
+    for op in tr.ops:
+        for r in op.refs():
+            uses[r] = uses.get(r, 0) + 1
+        if op.module:
+            calls[op.module] = calls.get(op.module, 0) + 1
+    producer = {op.outputs[0]: op.module for op in tr.ops if op.outputs and op.module in names
+                and op.name in {"conv2d", "linear", "addmm"}}
+    fused = set()
+    for op in tr.ops:
+        if op.name not in {"relu", "relu_"} or not op.module or not op.refs() or calls.get(op.module) != 1:
+            continue
+        src = producer.get(op.refs()[0])
+        if src and uses.get(op.refs()[0]) == 1 and isinstance(model.get_submodule(op.module), nn.ReLU):
+            _set(model, op.module, nn.Identity())
+            fused.add(src)
+    return fused
+
+
+def calibrate(model: nn.Module, names: list[str], data: Any, num_batches: int, observer: str,
+              percentile: float = 99.99) -> dict[str, tuple[float, float]]:
+    """Run ``num_batches`` of ``data`` through ``model`` and return each named layer's input ``(min, max)``.
+
+    Forward hooks feed each layer's input to an observer (memory bounded by its histogram).
+
+    Raises:
+        DataError: the data yields no batch.
+    """
+    observers = {n: make_observer(observer, percentile) for n in names}
+    hooks = [model.get_submodule(n).register_forward_pre_hook(
+        lambda _m, args, n=n: observers[n].observe(args[0].detach().float())) for n in names]
+    seen = 0
+    try:
+        with torch.no_grad():
+            for inputs in progress(iter_inputs(data, num_batches), "calibrating", total=num_batches):
+                call(model, inputs)
+                seen += 1
+    finally:
+        for h in hooks:
+            h.remove()
+    if not seen:
+        raise DataError("calibration data yielded no batch; pass a DataLoader or an iterable of input batches")
+    return {n: observers[n].range(8, signed=False) for n in names}
+
+
+@handler(StaticQuant)
+def apply_static(model: nn.Module, config: StaticQuant, *, data: Any = None, example_inputs: Any = None,
+                 select: Sequence[str] | None = None, seed: int = 0) -> nn.Module:
+    """Handler of ``st.quantize`` for :class:`StaticQuant`: fold BatchNorm, fuse ReLU, calibrate, swap layers.
+
+    Raises:
+        DataError: no calibration data.
+        ConfigError: no Linear or Conv2d layer to quantize.
+    """
+    if data is None:
+        raise DataError("StaticQuant needs calibration data: st.quantize(model, StaticQuant(), data=loader)")
+    model.eval()
+    if example_inputs is None:
+        example_inputs = next(iter(iter_inputs(data, 1)), None)
+    if config.fold_bn and example_inputs is not None:
+        from slimtorch.graph.surgery import fold_batchnorms
+
+        folded = fold_batchnorms(model, example_inputs)
+        logger.info("StaticQuant: folded %d BatchNorm layers into their convolutions", len(folded))
+    chosen = [(n, m) for n, m in _layers(model, config, [nn.Linear, nn.Conv2d], select)
+              if not isinstance(m, nn.Conv2d) or (m.padding_mode == "zeros" and not isinstance(m.padding, str))]
+    if not chosen:
+        raise ConfigError("StaticQuant: no Linear or Conv2d layer to quantize; check include/exclude/select")
+    names = [n for n, _ in chosen]
+    fused = fuse_relus(model, example_inputs, set(names)) if config.fuse_relu and example_inputs is not None else set()
+    ranges = calibrate(model, names, data, config.calibration_batches, config.observer, config.percentile)
+    for name, layer in chosen:
+        relu = name in fused
+        q = quant_conv2d(layer, relu=relu) if isinstance(layer, nn.Conv2d) else quant_linear(
+            layer, mode="static", relu=relu)
+        scale, zero = choose_qparams(torch.tensor(ranges[name][0]), torch.tensor(ranges[name][1]), bits=8,
+                                     symmetric=False, signed=False)
+        q.input_scale, q.input_zero_point = scale, zero
+        _set(model, name, q)
+    logger.info("StaticQuant: %d layers to int8 (%d with ReLU fused)", len(chosen), len(fused))
+    return model
+
+
+@handler(DynamicQuant)
+def apply_dynamic(model: nn.Module, config: DynamicQuant, *, data: Any = None, example_inputs: Any = None,
+                  select: Sequence[str] | None = None, seed: int = 0) -> nn.Module:
+    """Handler of ``st.quantize`` for :class:`DynamicQuant`: every chosen Linear to int8 weights, activations
+    quantized per token at run time (no data needed)."""
+    chosen = _layers(model, config, [nn.Linear], select)
+    if not chosen:
+        raise ConfigError("DynamicQuant: no nn.Linear layer to quantize; check include/exclude/select")
+    for name, layer in chosen:
+        _set(model, name, quant_linear(layer, mode="dynamic", per_token=config.activations == "token"))
+    logger.info("DynamicQuant: %d Linear layers to int8", len(chosen))
+    return model
+
+
+@handler(WeightOnlyQuant)
+def apply_weight_only(model: nn.Module, config: WeightOnlyQuant, *, data: Any = None, example_inputs: Any = None,
+                      select: Sequence[str] | None = None, seed: int = 0) -> nn.Module:
+    """Handler of ``st.quantize`` for :class:`WeightOnlyQuant`: integer weights (int4 packed), float activations.
+
+    Raises:
+        ConfigError: ``group_size`` does not divide a chosen layer's input dimension.
+    """
+    chosen = _layers(model, config, [nn.Linear], select)
+    if not chosen:
+        raise ConfigError("WeightOnlyQuant: no nn.Linear layer to quantize; check include/exclude/select")
+    for name, layer in chosen:
+        if config.group_size and layer.in_features % config.group_size:
+            raise ConfigError(f"WeightOnlyQuant.group_size={config.group_size} does not divide the input dimension "
+                              f"{layer.in_features} of layer {name!r}; pick a divisor or exclude the layer")
+    for name, layer in chosen:
+        _set(model, name, quant_linear(layer, mode="weight_only", bits=config.bits, group_size=config.group_size))
+    logger.info("WeightOnlyQuant: %d Linear layers to int%d", len(chosen), config.bits)
+    return model
