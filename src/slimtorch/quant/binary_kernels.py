@@ -35,9 +35,12 @@ def byte_table(signed: bool, dtype: torch.dtype = torch.float32, device: torch.d
 
 
 def lut_index(packed: torch.Tensor) -> torch.Tensor:
-    """Gather positions for :func:`lut_matmul`: ``byte + 256 * group`` for every packed byte, ``(N, G)`` int64."""
-    groups = torch.arange(packed.shape[1], device=packed.device, dtype=torch.int64) * 256
-    return packed.to(torch.int64) + groups
+    """Gather positions for :func:`lut_matmul`: ``byte + 256 * group`` for every packed byte, ``(N, G)`` int32.
+
+    int32 halves the memory of int64 and measured faster in ``index_select`` and ``embedding_bag``.
+    """
+    groups = torch.arange(packed.shape[1], device=packed.device, dtype=torch.int32) * 256
+    return packed.to(torch.int32) + groups
 
 
 def lut_matmul(x: torch.Tensor, index: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
@@ -62,7 +65,8 @@ def lut_matmul(x: torch.Tensor, index: torch.Tensor, table: torch.Tensor) -> tor
         tables = part.reshape(part.shape[0], groups, 8) @ table  # (r, G, 256): every byte's partial sum
         flat = tables.reshape(part.shape[0], groups * 256)
         if part.shape[0] == 1:
-            out.append(flat[0][index].sum(dim=1).unsqueeze(0))  # (1, N)
+            picked = flat[0].index_select(0, index.reshape(-1)).reshape(index.shape)  # (N, G)
+            out.append(picked.sum(dim=1).unsqueeze(0))  # (1, N)
         else:
             # one bag of G table rows per output; the batch is the embedding dimension
             out.append(F.embedding_bag(index, flat.t().contiguous(), mode="sum").t())  # (r, N)
