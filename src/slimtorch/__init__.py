@@ -27,6 +27,7 @@ from slimtorch.prune.sparse_linear import SparseLinear  # noqa: E402
 from slimtorch.prune.layers import LayerPruning  # noqa: E402
 from slimtorch.quant.binary import Binarize, Ternarize  # noqa: E402
 from slimtorch.quant.ptq import DynamicQuant, StaticQuant, WeightOnlyQuant  # noqa: E402
+from slimtorch.quant.qat import convert, prepare_qat  # noqa: E402
 
 from slimtorch.api import compress, decompose, prune, quantize  # noqa: E402  (keep last)
 
@@ -61,11 +62,13 @@ __all__ = [
     "Recipe",
     "compare",
     "compress",
+    "convert",
     "load_recipe",
     "decompose",
     "finetune",
     "load",
     "measure",
+    "prepare_qat",
     "prune",
     "quantize",
     "save",

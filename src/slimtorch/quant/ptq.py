@@ -46,12 +46,14 @@ def quantize_weight(
     return quantize(w, scale, zero, bits=bits, signed=True, axis=0, group_size=group_size), scale, zero
 
 
-def _layers(model: nn.Module, config: Config, types: list[type], select: Sequence[str] | None) -> list[tuple]:
+def chosen_layers(model: nn.Module, config: Config, types: list[type], select: Sequence[str] | None) -> list[tuple]:
+    """Layers of ``types`` picked by the config's include/exclude (or the verb's ``select``) as (name, module)."""
     include = config.include if config.include is not None else select
     return select_layers(model, types, include=include, exclude=config.exclude)
 
 
-def _set(model: nn.Module, name: str, module: nn.Module) -> None:
+def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Replace the submodule called ``name`` in ``model``."""
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
@@ -106,7 +108,7 @@ def fuse_relus(model: nn.Module, example_inputs: Any, names: set[str]) -> set[st
             continue
         src = producer.get(op.refs()[0])
         if src and uses.get(op.refs()[0]) == 1 and isinstance(model.get_submodule(op.module), nn.ReLU):
-            _set(model, op.module, nn.Identity())
+            set_module(model, op.module, nn.Identity())
             fused.add(src)
     return fused
 
@@ -156,7 +158,7 @@ def apply_static(model: nn.Module, config: StaticQuant, *, data: Any = None, exa
 
         folded = fold_batchnorms(model, example_inputs)
         logger.info("StaticQuant: folded %d BatchNorm layers into their convolutions", len(folded))
-    chosen = [(n, m) for n, m in _layers(model, config, [nn.Linear, nn.Conv2d], select)
+    chosen = [(n, m) for n, m in chosen_layers(model, config, [nn.Linear, nn.Conv2d], select)
               if not isinstance(m, nn.Conv2d) or (m.padding_mode == "zeros" and not isinstance(m.padding, str))]
     if not chosen:
         raise ConfigError("StaticQuant: no Linear or Conv2d layer to quantize; check include/exclude/select")
@@ -170,7 +172,7 @@ def apply_static(model: nn.Module, config: StaticQuant, *, data: Any = None, exa
         scale, zero = choose_qparams(torch.tensor(ranges[name][0]), torch.tensor(ranges[name][1]), bits=8,
                                      symmetric=False, signed=False)
         q.input_scale, q.input_zero_point = scale, zero
-        _set(model, name, q)
+        set_module(model, name, q)
     logger.info("StaticQuant: %d layers to int8 (%d with ReLU fused)", len(chosen), len(fused))
     return model
 
@@ -180,11 +182,11 @@ def apply_dynamic(model: nn.Module, config: DynamicQuant, *, data: Any = None, e
                   select: Sequence[str] | None = None, seed: int = 0) -> nn.Module:
     """Handler of ``st.quantize`` for :class:`DynamicQuant`: every chosen Linear to int8 weights, activations
     quantized per token at run time (no data needed)."""
-    chosen = _layers(model, config, [nn.Linear], select)
+    chosen = chosen_layers(model, config, [nn.Linear], select)
     if not chosen:
         raise ConfigError("DynamicQuant: no nn.Linear layer to quantize; check include/exclude/select")
     for name, layer in chosen:
-        _set(model, name, quant_linear(layer, mode="dynamic", per_token=config.activations == "token"))
+        set_module(model, name, quant_linear(layer, mode="dynamic", per_token=config.activations == "token"))
     logger.info("DynamicQuant: %d Linear layers to int8", len(chosen))
     return model
 
@@ -197,7 +199,7 @@ def apply_weight_only(model: nn.Module, config: WeightOnlyQuant, *, data: Any = 
     Raises:
         ConfigError: ``group_size`` does not divide a chosen layer's input dimension.
     """
-    chosen = _layers(model, config, [nn.Linear], select)
+    chosen = chosen_layers(model, config, [nn.Linear], select)
     if not chosen:
         raise ConfigError("WeightOnlyQuant: no nn.Linear layer to quantize; check include/exclude/select")
     for name, layer in chosen:
@@ -205,6 +207,6 @@ def apply_weight_only(model: nn.Module, config: WeightOnlyQuant, *, data: Any = 
             raise ConfigError(f"WeightOnlyQuant.group_size={config.group_size} does not divide the input dimension "
                               f"{layer.in_features} of layer {name!r}; pick a divisor or exclude the layer")
     for name, layer in chosen:
-        _set(model, name, quant_linear(layer, mode="weight_only", bits=config.bits, group_size=config.group_size))
+        set_module(model, name, quant_linear(layer, mode="weight_only", bits=config.bits, group_size=config.group_size))
     logger.info("WeightOnlyQuant: %d Linear layers to int%d", len(chosen), config.bits)
     return model
