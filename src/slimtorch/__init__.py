@@ -28,6 +28,7 @@ from slimtorch.prune.layers import LayerPruning  # noqa: E402
 from slimtorch.quant.binary import Binarize, Ternarize  # noqa: E402
 from slimtorch.quant.ptq import DynamicQuant, StaticQuant, WeightOnlyQuant  # noqa: E402
 from slimtorch.quant.qat import convert, prepare_qat  # noqa: E402
+from slimtorch.search.sensitivity import quant_sensitivity  # noqa: E402
 
 from slimtorch.api import compress, decompose, prune, quantize  # noqa: E402  (keep last)
 
@@ -70,6 +71,7 @@ __all__ = [
     "measure",
     "prepare_qat",
     "prune",
+    "quant_sensitivity",
     "quantize",
     "save",
     "zoo",

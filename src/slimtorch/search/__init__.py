@@ -1,0 +1,1 @@
+"""Searches over compression choices: per-layer sensitivity (and, later, budgets and target-driven search)."""
