@@ -10,6 +10,7 @@ binary) and the unpack-per-call GEMM that ``kernel="auto"`` uses for many rows.
 from __future__ import annotations
 
 import io
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -85,6 +86,11 @@ def run(quick: bool) -> dict:
         best = min(variants, key=lambda k: timings[k].median_ms)
         notes.append(f"{name}: fastest binary path is '{best}' at {fastest / timings[best].median_ms:.2f}x the "
                      f"fastest fp32 path ({'eager' if eager <= ort else 'ORT'}, {fastest:.3f} ms).")
+    load = os.getloadavg()[0]
+    if load > (os.cpu_count() or 1):
+        notes.append(f"The machine was oversubscribed (load average {load:.1f} on {os.cpu_count()} cores): torch's "
+                     "2-thread kernels then wait on descheduled threads and every multi-op path suffers most, so "
+                     "these ratios are not the hardware's; see binary_speed_quiet_host.md for a quiet run.")
     notes += [
         "Speedup columns are fp32 time / this time (above 1 = faster). 'vs fastest fp32' divides by the faster of "
         "eager and ONNX Runtime for that shape.",
