@@ -148,10 +148,12 @@ def kl_threshold(hist: torch.Tensor, levels: int) -> int:
     for i in range(levels, len(hist) + 1, max(1, len(hist) // 256)):
         p = hist[:i].clone()
         p[-1] += hist[i:].sum()
-        chunks = torch.tensor_split(hist[:i], levels)
-        q = torch.cat([
-            torch.where(c > 0, c.sum() / max(int((c > 0).sum()), 1), torch.zeros_like(c)) for c in chunks
-        ])
+        # merge the i kept bins into `levels` chunks, then spread each chunk's mass over its nonzero bins
+        kept = hist[:i]
+        chunk = torch.div(torch.arange(i) * levels, i, rounding_mode="floor")
+        mass = torch.zeros(levels, dtype=torch.float64).index_add_(0, chunk, kept)
+        nonzero = torch.zeros(levels, dtype=torch.float64).index_add_(0, chunk, (kept > 0).double())
+        q = torch.where(kept > 0, mass[chunk] / nonzero[chunk].clamp(min=1), torch.zeros_like(kept))
         p_sum, q_sum = p.sum(), q.sum()
         if p_sum == 0 or q_sum == 0:
             continue

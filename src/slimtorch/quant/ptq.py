@@ -46,10 +46,24 @@ def quantize_weight(
     return quantize(w, scale, zero, bits=bits, signed=True, axis=0, group_size=group_size), scale, zero
 
 
+_WEIGHT_READERS = {
+    nn.MultiheadAttention: ("out_proj",),
+    nn.TransformerEncoderLayer: ("linear1", "linear2"),
+    nn.TransformerDecoderLayer: ("linear1", "linear2"),
+}
+
+
 def chosen_layers(model: nn.Module, config: Config, types: list[type], select: Sequence[str] | None) -> list[tuple]:
     """Layers of ``types`` picked by the config's include/exclude (or the verb's ``select``) as (name, module)."""
     include = config.include if config.include is not None else select
-    return select_layers(model, types, include=include, exclude=config.exclude)
+    # torch's MultiheadAttention and Transformer*Layer read these layers' .weight directly: they stay float
+    reads_weight = {f"{n}.{child}" for n, m in model.named_modules() for child in _WEIGHT_READERS.get(type(m), ())}
+    chosen = select_layers(model, types, include=include, exclude=config.exclude)
+    kept = [n for n, _ in chosen if n in reads_weight]
+    if kept:
+        logger.warning("%s: %d layers stay float because torch's attention/transformer modules read their weight "
+                       "directly (%s)", type(config).__name__, len(kept), ", ".join(kept[:4]))
+    return [(n, m) for n, m in chosen if n not in reads_weight]
 
 
 def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
