@@ -147,3 +147,17 @@ def test_post_training_refreshes_batchnorm_statistics_on_the_calibration_data():
     assert torch.allclose(model[3].running_mean, pre_bn.mean((0, 2, 3)), atol=1e-5)
     assert torch.allclose(model[3].running_var, pre_bn.var((0, 2, 3), unbiased=True), rtol=1e-4)
     assert model[3].momentum == 0.1 and not model.training
+
+
+@pytest.mark.parametrize("config", [st.Binarize(activations=True), st.Ternarize()], ids=["xnor", "ternary"])
+def test_public_prepare_qat_and_convert_dispatch_to_the_binary_family(config):
+    model = _mlp()
+    st.prepare_qat(model, config)
+    assert isinstance(model[2], BinaryQATLinear) and type(model[0]) is nn.Linear
+    x = torch.randn(8, 20)
+    batches = [(x, torch.randint(0, 3, (8,)))]
+    st.finetune(model, batches, epochs=1)
+    expected = model(x)
+    st.convert(model)
+    assert isinstance(model[2], BinaryLinear) and not model.training
+    assert torch.allclose(model(x), expected, atol=1e-4)
