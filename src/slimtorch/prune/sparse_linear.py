@@ -12,6 +12,7 @@ sparse kernel won by ``min_speedup``.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,6 +25,13 @@ from slimtorch.data import call
 from slimtorch.errors import ConfigError
 from slimtorch.io.manifest import register_module
 from slimtorch.measure.latency import time_interleaved
+
+
+def to_csr(weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` as a float32 sparse CSR tensor (torch's "CSR support is in beta" warning silenced)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return weight.detach().to(torch.float32).to_sparse_csr()
 
 
 @register_module
@@ -39,14 +47,14 @@ class SparseLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, bias: bool = True):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self.register_buffer("weight_csr", torch.zeros(out_features, in_features).to_sparse_csr(), persistent=False)
+        self.register_buffer("weight_csr", to_csr(torch.zeros(out_features, in_features)), persistent=False)
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> SparseLinear:
         """A SparseLinear computing exactly what ``linear`` computes (its zero weights are dropped)."""
         out = cls(linear.in_features, linear.out_features, linear.bias is not None)
-        out.weight_csr = linear.weight.detach().to_sparse_csr()
+        out.weight_csr = to_csr(linear.weight)
         if linear.bias is not None:
             out.bias = linear.bias.detach().clone()
         return out
@@ -79,7 +87,7 @@ class SparseLinear(nn.Module):
                               error_msgs) -> None:
         key = prefix + "weight"
         if key in state_dict:
-            self.weight_csr = state_dict[key].detach().to(torch.float32).to_sparse_csr()
+            self.weight_csr = to_csr(state_dict[key])
         else:
             missing_keys.append(key)
         rest = {k: v for k, v in state_dict.items() if k != key}

@@ -1,0 +1,102 @@
+"""Pruning schedules: the cubic and geometric ramps (pure), gradual pruning from the loop, iterative rounds."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as hs
+from torch import nn
+
+import slimtorch as st
+from slimtorch.prune.masks import attach_mask
+from slimtorch.prune.schedule import GradualPruner, cubic_sparsity, iterative_sparsities
+
+
+def task(n=256):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 10, generator=g)
+    y = (x[:, 0] - x[:, 2] > 0).long()
+    return [(x[i:i + 32], y[i:i + 32]) for i in range(0, n, 32)]
+
+
+def net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(10, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 2))
+
+
+def test_cubic_schedule_values():
+    kw = {"initial": 0.0, "final": 0.8, "begin": 0, "end": 100}
+    assert cubic_sparsity(0, **kw) == 0.0 and cubic_sparsity(100, **kw) == 0.8 and cubic_sparsity(500, **kw) == 0.8
+    assert cubic_sparsity(50, **kw) == pytest.approx(0.8 * (1 - 0.5**3))
+    # fast early, slow late: half the steps reach 87.5% of the ramp
+    assert cubic_sparsity(50, **kw) > 0.8 * 0.85
+
+
+@settings(max_examples=50, deadline=None)
+@given(hs.floats(0, 0.5), hs.floats(0.5, 0.99), hs.integers(0, 20), hs.integers(1, 200))
+def test_cubic_schedule_is_monotone_and_bounded(initial, final, begin, length):
+    values = [cubic_sparsity(t, initial=initial, final=final, begin=begin, end=begin + length)
+              for t in range(begin + length + 3)]
+    assert all(b >= a - 1e-12 for a, b in zip(values, values[1:], strict=False))
+    assert values[0] == initial and values[-1] == pytest.approx(final)
+
+
+def test_iterative_ramp_removes_a_constant_fraction():
+    s = iterative_sparsities(0.9, 3)
+    assert s[-1] == pytest.approx(0.9)
+    remaining = [1.0] + [1 - v for v in s]
+    ratios = [b / a for a, b in zip(remaining, remaining[1:], strict=False)]
+    assert ratios == pytest.approx([0.1 ** (1 / 3)] * 3)
+
+
+def test_gradual_pruner_follows_the_schedule_from_the_loop():
+    model = net()
+    layers = [("0", model[0]), ("2", model[2])]
+    for _, m in layers:
+        attach_mask(m, torch.ones_like(m.weight, dtype=torch.bool))
+    cfg = st.GradualPruning(sparsity=0.8, epochs=4, frequency=2, end_fraction=0.5)
+    pruner = GradualPruner(layers, cfg, total_steps=32, seed=0)
+    seen = []
+
+    def on_step(m):
+        pruner(m)
+        zeros = sum(int((mod.weight == 0).sum()) for _, mod in layers)
+        seen.append(zeros / sum(mod.weight.numel() for _, mod in layers))
+
+    st.finetune(model, task(), config=st.Finetune(epochs=4, lr=1e-2), on_step=on_step)
+    assert len(seen) == 32 and pruner.finished
+    assert all(b >= a for a, b in zip(seen, seen[1:], strict=False))  # pruned weights never come back
+    for t in (2, 8, 16):  # after each pruning step the sparsity is the schedule's
+        assert seen[t - 1] == pytest.approx(cubic_sparsity(t, initial=0, final=0.8, begin=0, end=16), abs=1e-3)
+    assert seen[-1] == pytest.approx(0.8, abs=1e-3)
+
+
+@pytest.mark.parametrize("importance", ["l1", "movement"])
+def test_gradual_pruning_through_prune_reaches_the_target_and_learns(importance):
+    model = net()
+    data = task()
+    cfg = st.GradualPruning(sparsity=0.9, epochs=6, frequency=4, importance=importance, lr=1e-2)
+    st.prune(model, cfg, data=data)
+    assert model.slimtorch_pruning["overall"] == pytest.approx(0.9, abs=1e-3)
+    with torch.no_grad():
+        acc = sum(float((model(x).argmax(1) == y).sum()) for x, y in data) / 256
+    assert acc > 0.85
+
+
+def test_iterative_pruning_rounds():
+    model = net()
+    st.prune(model, st.IterativePruning(sparsity=0.9, rounds=3, epochs_per_round=1, lr=1e-2), data=task())
+    rounds = model.slimtorch_pruning["rounds"]
+    assert rounds == pytest.approx(iterative_sparsities(0.9, 3), abs=1e-3)
+    assert int((model[0].weight == 0).sum()) + int((model[2].weight == 0).sum()) == round(0.9 * (640 + 4096))
+
+
+def test_schedule_errors():
+    with pytest.raises(st.ConfigError, match="initial_sparsity"):
+        st.GradualPruning(sparsity=0.5, initial_sparsity=0.7)
+    with pytest.raises(st.ConfigError, match="sparsity"):
+        st.IterativePruning(sparsity=1.5)
+    with pytest.raises(st.ConfigError, match="rounds"):
+        st.IterativePruning(rounds=0)
+    with pytest.raises(st.DataError, match="data="):
+        st.prune(net(), st.GradualPruning())
+    assert st.GradualPruning().requires_data()
