@@ -94,9 +94,9 @@ def qlinear_static(
 
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric int8 per row of a 2-D float tensor: ``(q int8 [M, K], scale float32 [M, 1])``."""
-    scale = x.abs().amax(dim=1, keepdim=True).clamp_(min=1e-12).mul_(1.0 / 127.0)
-    q = torch.round(x / scale).clamp_(-127, 127).to(torch.int8)
-    return q, scale
+    amax = x.abs().amax(dim=1, keepdim=True).clamp_(min=1e-12)
+    q = torch.round(x * (127.0 / amax)).to(torch.int8)  # |x| * 127 / amax <= 127: no clamp needed
+    return q, amax.mul_(1.0 / 127.0)
 
 
 def int_mm_rows(x2: torch.Tensor, qweight_t: torch.Tensor, w_scale: torch.Tensor) -> torch.Tensor:

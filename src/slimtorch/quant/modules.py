@@ -16,7 +16,8 @@ Attributes every quantized layer has (the contract ONNX export and ``st.save`` r
 - ``dequantized_weight() -> float32 tensor`` of the float weight's shape: the weight the kernel computes with.
 
 Every layer's output equals its float reference (dequantized weight, and for static layers the
-fake-quantized input) within float rounding.
+fake-quantized input) within float rounding; weight-only layers may pick a bfloat16-activation kernel when
+it measures faster, which rounds activations to bfloat16 (relative error about 2**-8).
 """
 
 from __future__ import annotations
@@ -147,15 +148,24 @@ class QuantLinear(_QuantBase):
         m = x2.shape[0]
         key = ("weight_only", self.bits, self.group_size, self.in_features, self.out_features, min(m, 64))
         candidates = {"dequant_matmul": lambda: F.linear(x2, self.dequantized_weight())}
+        # the packed kernels also run with bfloat16 activations (several times faster on CPUs with AVX512-BF16 or
+        # AMX; activations then carry 8 significant bits): the race decides per shape
         if self.bits == 8 and not self.group_size:
+            if "s16" not in self._cache:
+                self._cache["s16"] = self.weight_scale.to(torch.bfloat16)
             candidates["int8pack_mm"] = lambda: torch.ops.aten._weight_int8pack_mm(
                 x2, self.qweight, self.weight_scale)
+            candidates["int8pack_mm_bf16"] = lambda: torch.ops.aten._weight_int8pack_mm(
+                x2.to(torch.bfloat16), self.qweight, self._cache["s16"]).float()
         elif self.bits == 4 and self.group_size in (32, 64, 128, 256) and self.out_features % 16 == 0:
             if "int4" not in self._cache:
                 self._cache["int4"] = kernels.pack_int4_for_cpu(self.int_weight())
                 self._cache["sz"] = kernels.int4_scales_and_zeros(self.weight_scale)
+                self._cache["sz16"] = self._cache["sz"].to(torch.bfloat16)
             candidates["int4pack_mm"] = lambda: torch.ops.aten._weight_int4pack_mm_for_cpu(
                 x2, self._cache["int4"], self.group_size, self._cache["sz"])
+            candidates["int4pack_mm_bf16"] = lambda: torch.ops.aten._weight_int4pack_mm_for_cpu(
+                x2.to(torch.bfloat16), self._cache["int4"], self.group_size, self._cache["sz16"]).float()
         return candidates[kernels.fastest(key, candidates)]()
 
 

@@ -1,0 +1,199 @@
+"""Quantization speed: slimtorch's integer kernels next to eager fp32, compiled fp32 and the peers, one process.
+
+Three cases from issue 4, each timed round-robin (``time_interleaved``):
+- dynamic int8 on a BERT-base-width encoder (d=768, 12 heads, FFN 3072), 128 tokens, batch 1 and 8;
+  peers: ``torch.ao.quantization.quantize_dynamic`` and torchao ``Int8DynamicActivationInt8WeightConfig``;
+- static int8 on a ResNet-style CNN at 224x224, batch 1 and 16 (peer: none that runs int8 conv without the
+  deprecated flow; compiled fp32 is the fast float path);
+- weight-only int4 (group 128) and int8 on 4096x4096 and 4096x11008 linear layers at batch 1; peer: torchao
+  ``Int4WeightOnlyConfig``.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import sys
+import warnings
+
+import torch
+from torch import nn
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _harness import main  # noqa: E402
+
+import slimtorch as st  # noqa: E402
+from slimtorch.measure.latency import time_interleaved  # noqa: E402
+
+
+class Encoder(nn.Module):
+    """BERT-style encoder layers with separate q/k/v/o Linear layers."""
+
+    def __init__(self, d: int = 768, heads: int = 12, ffn: int = 3072, layers: int = 2) -> None:
+        super().__init__()
+        self.heads = heads
+        self.blocks = nn.ModuleList(nn.ModuleDict({
+            "q": nn.Linear(d, d), "k": nn.Linear(d, d), "v": nn.Linear(d, d), "o": nn.Linear(d, d),
+            "ln1": nn.LayerNorm(d), "up": nn.Linear(d, ffn), "down": nn.Linear(ffn, d), "ln2": nn.LayerNorm(d),
+        }) for _ in range(layers))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        for blk in self.blocks:
+            q, k, v = (blk[n](x).view(b, t, self.heads, -1).transpose(1, 2) for n in "qkv")
+            a = nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, d)
+            x = blk["ln1"](x + blk["o"](a))
+            x = blk["ln2"](x + blk["down"](nn.functional.gelu(blk["up"](x))))
+        return x
+
+
+class Block(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.c1, self.b1, self.r1 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU()
+        self.c2, self.b2, self.r2 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU()
+
+    def forward(self, x):
+        return self.r2(self.b2(self.c2(self.r1(self.b1(self.c1(x))))) + x)
+
+
+def resnet(widths=(64, 128, 256, 512)) -> nn.Module:
+    """ResNet-18-style: 7x7 stem, max-pool, one basic block per stage, stride-2 transitions."""
+    layers = [nn.Conv2d(3, widths[0], 7, 2, 3, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(), nn.MaxPool2d(3, 2, 1)]
+    c = widths[0]
+    for w in widths:
+        if w != c:
+            layers += [nn.Conv2d(c, w, 3, 2, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU()]
+        layers.append(Block(w))
+        c = w
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, 1000)]
+    model = nn.Sequential(*layers)
+    for m in model.modules():  # non-trivial BN statistics
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_var.uniform_(0.5, 2.0)
+            m.running_mean.uniform_(-0.1, 0.1)
+    return model.eval()
+
+
+def _compiled(model: nn.Module, x: torch.Tensor):
+    import torch._inductor.config as cfg
+
+    cfg.freezing = True
+    try:
+        fn = torch.compile(copy.deepcopy(model))
+        with torch.no_grad():
+            fn(x)
+        return fn
+    except Exception as err:  # a peer that fails is reported, not fatal
+        warnings.warn(f"torch.compile failed: {err}", stacklevel=2)
+        return None
+
+
+def _torchao(model: nn.Module, kind: str):
+    try:
+        from torchao.quantization import Int4WeightOnlyConfig, Int8DynamicActivationInt8WeightConfig, quantize_
+
+        m = copy.deepcopy(model)
+        if kind == "int8dyn":
+            quantize_(m, Int8DynamicActivationInt8WeightConfig())
+        else:
+            quantize_(m, Int4WeightOnlyConfig(group_size=128, int4_packing_format="opaque"))
+        return m
+    except Exception as err:
+        return f"{type(err).__name__}: {str(err)[:120]}"
+
+
+def _race(fns: dict, quick: bool) -> dict:
+    fns = {k: v for k, v in fns.items() if v is not None}
+    with torch.no_grad():
+        t = time_interleaved(fns, rounds=3 if quick else 5, round_seconds=0.2 if quick else 0.5, warmup=2)
+    return {k: v.median_ms for k, v in t.items()}
+
+
+def _rows(case: str, batch: int, ms: dict, rows: list, cos: dict | None = None) -> None:
+    fastest_fp32 = min(v for k, v in ms.items() if k.startswith("fp32"))
+    for k, v in ms.items():
+        rows.append([case, batch, k, round(v, 3), round(ms["fp32 eager"] / v, 2), round(fastest_fp32 / v, 2),
+                     "" if cos is None or k not in cos else round(cos[k], 5)])
+
+
+def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(nn.functional.cosine_similarity(a.flatten().float(), b.flatten().float(), 0))
+
+
+def run(quick: bool) -> dict:
+    torch.manual_seed(0)
+    rows: list = []
+    notes: list[str] = []
+    peers: dict = {}
+    # 1. dynamic int8 encoder
+    enc = Encoder(layers=1 if quick else 2).eval()
+    dyn = st.quantize(copy.deepcopy(enc), st.DynamicQuant())
+    ao = torch.ao.quantization.quantize_dynamic(copy.deepcopy(enc), {nn.Linear}, dtype=torch.qint8)
+    tao = _torchao(enc, "int8dyn")
+    peers["torchao int8 dynamic"] = tao if isinstance(tao, str) else "ok"
+    for batch in (1, 8):
+        x = torch.randn(batch, 128, 768)
+        with torch.no_grad():
+            ref = enc(x)
+            cos = {"slimtorch DynamicQuant": _cos(ref, dyn(x)), "torch.ao quantize_dynamic": _cos(ref, ao(x))}
+            if not isinstance(tao, str):
+                cos["torchao int8 dynamic"] = _cos(ref, tao(x))
+        comp = _compiled(enc, x)
+        fns = {"fp32 eager": lambda x=x: enc(x), "fp32 compiled": (lambda x=x: comp(x)) if comp is not None else None,
+               "slimtorch DynamicQuant": lambda x=x: dyn(x), "torch.ao quantize_dynamic": lambda x=x: ao(x)}
+        if not isinstance(tao, str):
+            fns["torchao int8 dynamic"] = lambda x=x: tao(x)
+        _rows("encoder d768 x128 tokens, dynamic int8", batch, _race(fns, quick), rows, cos)
+    # 2. static int8 ResNet-style CNN
+    cnn = resnet()
+    calib = [torch.randn(2, 3, 224, 224) for _ in range(2)]
+    sq = st.quantize(copy.deepcopy(cnn), st.StaticQuant(calibration_batches=2), data=calib)
+    for batch in (1,) if quick else (1, 16):
+        x = torch.randn(batch, 3, 224, 224)
+        with torch.no_grad():
+            cos = {"slimtorch StaticQuant": _cos(cnn(x), sq(x))}
+        comp = None if quick else _compiled(cnn, x)
+        fns = {"fp32 eager": lambda x=x: cnn(x), "fp32 compiled": (lambda x=x: comp(x)) if comp is not None else None,
+               "slimtorch StaticQuant": lambda x=x: sq(x)}
+        _rows("ResNet-style 224x224, static int8", batch, _race(fns, quick), rows, cos)
+    # 3. weight-only int4 / int8 linear layers, batch 1
+    sizes = {}
+    for out_f in (4096, 11008):
+        lin = nn.Sequential(nn.Linear(4096, out_f, bias=False)).eval()
+        w4 = st.quantize(copy.deepcopy(lin), st.WeightOnlyQuant(bits=4, group_size=128))
+        w8 = st.quantize(copy.deepcopy(lin), st.WeightOnlyQuant(bits=8, group_size=None))
+        t4 = _torchao(lin, "int4")
+        peers[f"torchao int4 {out_f}"] = t4 if isinstance(t4, str) else "ok"
+        x = torch.randn(1, 4096)
+        fp32_bytes = lin[0].weight.numel() * 4
+        q = w4[0]
+        sizes[out_f] = fp32_bytes / (q.qweight.numel() + q.weight_scale.numel() * 4 + q.weight_zero_point.numel() * 4)
+        with torch.no_grad():
+            ref = lin(x)
+            cos = {"slimtorch int4 g128": _cos(ref, w4(x)), "slimtorch int8": _cos(ref, w8(x))}
+        fns = {"fp32 eager": lambda x=x, m=lin: m(x), "slimtorch int4 g128": lambda x=x, m=w4: m(x),
+               "slimtorch int8": lambda x=x, m=w8: m(x)}
+        if not isinstance(t4, str):
+            fns["torchao int4 g128"] = lambda x=x, m=t4: m(x)
+            with torch.no_grad():
+                cos["torchao int4 g128"] = _cos(ref, t4(x))
+        _rows(f"Linear 4096x{out_f}, weight-only", 1, _race(fns, quick), rows, cos)
+    notes.append("int4 g128 weights are {} smaller than fp32 (4096x4096 / 4096x11008), scales included".format(
+        " / ".join(f"{v:.2f}x" for v in sizes.values())))
+    notes += [f"peer {k}: {v}" for k, v in peers.items() if v != "ok"]
+    from slimtorch.quant.kernels import _CHOICE
+
+    notes.append(f"weight-only kernels chosen by measurement: {sorted(set(_CHOICE.items()))}")
+    return {
+        "title": "Quantization speed: dynamic int8 encoder, static int8 CNN, weight-only int4/int8 linear",
+        "description": __doc__.strip(),
+        "columns": ["case", "batch", "variant", "median ms", "x vs eager fp32", "x vs fastest fp32", "cosine vs fp32"],
+        "rows": rows,
+        "notes": notes,
+        "data": {"kernel_choices": [list(map(str, k)) + [v] for k, v in _CHOICE.items()], "peers": peers},
+    }
+
+
+if __name__ == "__main__":
+    main("quant_speed", run)
