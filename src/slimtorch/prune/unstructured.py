@@ -83,7 +83,10 @@ def choose_layers(
     types: tuple[type[nn.Module], ...] = PRUNABLE,
 ) -> list[tuple[str, nn.Module]]:
     """The ``(name, layer)`` pairs a weight-pruning config touches: ``types`` matching the patterns, without
-    the classifier head unless ``prune_head`` (or the head is named in ``include``)."""
+    the classifier head unless ``prune_head`` (or the head is named in ``include``). A model that is itself
+    one layer (a bare ``nn.Linear``) is that layer, named ``""``."""
+    if isinstance(model, types) and not any(True for _ in model.children()):
+        return [("", model)]
     patterns = None
     if include is not None or extra_include is not None:
         patterns = list(include or []) + list(extra_include or [])
