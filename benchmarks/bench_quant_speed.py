@@ -97,7 +97,7 @@ def _torchao(model: nn.Module, kind: str):
         if kind == "int8dyn":
             quantize_(m, Int8DynamicActivationInt8WeightConfig())
         else:
-            quantize_(m, Int4WeightOnlyConfig(group_size=128, int4_packing_format="opaque"))
+            quantize_(m, Int4WeightOnlyConfig(group_size=128))
         return m
     except Exception as err:
         return f"{type(err).__name__}: {str(err)[:120]}"
@@ -140,7 +140,7 @@ def run(quick: bool) -> dict:
             if not isinstance(tao, str):
                 cos["torchao int8 dynamic"] = _cos(ref, tao(x))
         comp = _compiled(enc, x)
-        fns = {"fp32 eager": lambda x=x: enc(x), "fp32 compiled": (lambda x=x: comp(x)) if comp is not None else None,
+        fns = {"fp32 eager": lambda x=x: enc(x), "fp32 compiled": None if comp is None else (lambda x=x, c=comp: c(x)),
                "slimtorch DynamicQuant": lambda x=x: dyn(x), "torch.ao quantize_dynamic": lambda x=x: ao(x)}
         if not isinstance(tao, str):
             fns["torchao int8 dynamic"] = lambda x=x: tao(x)
@@ -154,7 +154,7 @@ def run(quick: bool) -> dict:
         with torch.no_grad():
             cos = {"slimtorch StaticQuant": _cos(cnn(x), sq(x))}
         comp = None if quick else _compiled(cnn, x)
-        fns = {"fp32 eager": lambda x=x: cnn(x), "fp32 compiled": (lambda x=x: comp(x)) if comp is not None else None,
+        fns = {"fp32 eager": lambda x=x: cnn(x), "fp32 compiled": None if comp is None else (lambda x=x, c=comp: c(x)),
                "slimtorch StaticQuant": lambda x=x: sq(x)}
         _rows("ResNet-style 224x224, static int8", batch, _race(fns, quick), rows, cos)
     # 3. weight-only int4 / int8 linear layers, batch 1
