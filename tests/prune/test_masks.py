@@ -49,7 +49,7 @@ def test_forward_hook_rezeroes_weights_changed_behind_its_back():
         model[0].weight.add_(1.0)  # e.g. a loop that loaded other weights
     model.train()
     model(torch.randn(2, 16))
-    assert torch.all(model[0].weight[~model[0].weight_mask.bool()] == 0)
+    assert torch.all(model[0].weight[~model[0].slim_mask.bool()] == 0)
 
 
 def test_deepcopy_gets_its_own_working_hooks():
@@ -57,11 +57,11 @@ def test_deepcopy_gets_its_own_working_hooks():
     twin = copy.deepcopy(model)
     restore_masks(twin)
     train_steps(twin, torch.optim.SGD(twin.parameters(), lr=0.1, momentum=0.9))
-    keep = twin[2].weight_mask.bool()
+    keep = twin[2].slim_mask.bool()
     assert torch.all(twin[2].weight[~keep] == 0)
     # the original is untouched by the copy's training and still has its hooks
     train_steps(model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
-    assert torch.all(model[2].weight[~model[2].weight_mask.bool()] == 0)
+    assert torch.all(model[2].weight[~model[2].slim_mask.bool()] == 0)
 
 
 def test_make_permanent_removes_all_pruning_state():
@@ -93,4 +93,4 @@ def test_apply_masks():
     with torch.no_grad():
         model[2].weight.fill_(1.0)
     apply_masks(model)
-    assert int((model[2].weight == 0).sum()) == int((~model[2].weight_mask.bool()).sum())
+    assert int((model[2].weight == 0).sum()) == int((~model[2].slim_mask.bool()).sum())

@@ -79,22 +79,22 @@ def test_every_criterion_gives_exact_sparsity_and_same_seed_same_masks(importanc
     st.prune(a, st.UnstructuredPruning(sparsity=0.7, importance=importance), data=data, seed=5)
     st.prune(b, st.UnstructuredPruning(sparsity=0.7, importance=importance), data=data, seed=5)
     assert zeros(a[0]) + zeros(a[2]) == 1400
-    assert torch.equal(a[0].weight_mask, b[0].weight_mask) and torch.equal(a[2].weight_mask, b[2].weight_mask)
+    assert torch.equal(a[0].slim_mask, b[0].slim_mask) and torch.equal(a[2].slim_mask, b[2].slim_mask)
 
 
 def test_random_seed_changes_masks():
     a, b = mlp(), mlp()
     st.prune(a, st.UnstructuredPruning(sparsity=0.5, importance="random"), seed=1)
     st.prune(b, st.UnstructuredPruning(sparsity=0.5, importance="random"), seed=2)
-    assert not torch.equal(a[0].weight_mask, b[0].weight_mask)
+    assert not torch.equal(a[0].slim_mask, b[0].slim_mask)
 
 
 def test_pruning_again_only_adds_zeros():
     model = mlp()
     st.prune(model, st.UnstructuredPruning(sparsity=0.5, importance="random"), seed=1)
-    first = model[0].weight_mask.bool().clone()
+    first = model[0].slim_mask.bool().clone()
     st.prune(model, st.UnstructuredPruning(sparsity=0.8, importance="random"), seed=2)
-    assert not (model[0].weight_mask.bool() & ~first).any()  # nothing pruned before came back
+    assert not (model[0].slim_mask.bool() & ~first).any()  # nothing pruned before came back
     assert zeros(model[0]) + zeros(model[2]) == 1600
 
 

@@ -3,7 +3,8 @@
 A masked layer keeps its own class (``nn.Linear`` stays ``nn.Linear``, so quantization, structured pruning,
 export and FLOP counting see an ordinary layer). It gains:
 
-- a non-persistent buffer ``weight_mask`` (1 keeps a weight, 0 prunes it);
+- a non-persistent buffer ``slim_mask`` (1 keeps a weight, 0 prunes it; not ``weight_mask``, the name
+  torch.nn.utils.prune uses, so the two never collide);
 - a forward pre-hook that, in training mode, multiplies the weight by the mask before the forward, so a
   custom training loop never computes with a pruned weight;
 - a gradient hook on the weight that zeroes the gradient of pruned entries, so optimizers (with momentum,
@@ -19,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-MASK = "weight_mask"
+MASK = "slim_mask"
 _HOOKS = "_slim_mask_hooks"
 
 

@@ -27,6 +27,7 @@ from slimtorch.config import Config, check_range, register
 from slimtorch.data import as_loader
 from slimtorch.errors import ConfigError, DataError
 from slimtorch.prune import importance as imp
+from slimtorch.prune.channel_scores import recalibrate_batchnorm
 from slimtorch.prune.masks import MASK, attach_mask
 from slimtorch.prune.unstructured import UnstructuredPruning, apply_unstructured, choose_layers, plan_masks, report
 from slimtorch.train.finetune import Finetune, finetune, frozen_copy
@@ -232,6 +233,8 @@ def _gradual(model: nn.Module, config: GradualPruning, *, data: Any, example_inp
     if pruner.sparsity < config.sparsity:  # fewer steps than planned (e.g. early stop): reach the target
         pruner.prune_to(config.sparsity)
     result = report({n: getattr(m, MASK).bool() for n, m in layers})
+    # running statistics lag behind the last pruning steps (momentum averages): re-estimate them
+    result["bn_batches"] = recalibrate_batchnorm(model, data, 8)
     model.__dict__["slimtorch_pruning"] = result
     logger.info("gradual pruning: %.1f%% zero after %d steps", 100 * result["overall"], pruner.step)
     return model

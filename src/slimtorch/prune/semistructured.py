@@ -35,7 +35,8 @@ class NMPruning(Config):
         include: name/type patterns of the layers to prune (None: every Linear and Conv).
         exclude: patterns of layers to leave alone.
         prune_head: also prune the last Linear (the classifier head).
-        calibration_batches: batches of data for "taylor"/"movement".
+        calibration_batches: batches of data for "taylor"/"movement" and BatchNorm recalibration.
+        recalibrate_bn: when ``data`` is given, re-estimate BatchNorm running statistics after pruning.
         keep_masks: keep masks so fine-tuning holds the pattern; False folds them now.
     """
 
@@ -46,6 +47,7 @@ class NMPruning(Config):
     exclude: tuple[str, ...] = ()
     prune_head: bool = False
     calibration_batches: int = 8
+    recalibrate_bn: bool = True
     keep_masks: bool = True
 
     def __post_init__(self) -> None:
@@ -123,6 +125,10 @@ def _prune(model: nn.Module, config: NMPruning, *, data: Any, example_inputs: An
     check_nm(model, config.n, config.m, list(masks))
     result = report(masks)
     result["skipped"] = skipped
+    if config.recalibrate_bn and data is not None:
+        from slimtorch.prune.channel_scores import recalibrate_batchnorm
+
+        result["bn_batches"] = recalibrate_batchnorm(model, data, config.calibration_batches)
     logger.info("%d:%d pruning: %.1f%% zero over %d layers", config.n, config.m, 100 * result["overall"], len(fits))
     if not config.keep_masks:
         make_permanent(model)

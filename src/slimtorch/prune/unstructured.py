@@ -40,7 +40,10 @@ class UnstructuredPruning(Config):
         include: name/type patterns of the layers to prune (None: every Linear and Conv).
         exclude: patterns of layers to leave alone.
         prune_head: also prune the last Linear (the classifier head), left alone by default.
-        calibration_batches: batches of data for "taylor"/"movement".
+        calibration_batches: batches of data for "taylor"/"movement" and BatchNorm recalibration.
+        recalibrate_bn: when ``data`` is given, re-estimate BatchNorm running statistics on it after pruning
+            (zeroing most of a conv's weights shifts its output statistics; without this a 90%-sparse CNN
+            can fall to chance until fine-tuned).
         keep_masks: keep masks and hooks so fine-tuning keeps pruned weights at zero; False folds them now
             (``make_permanent``).
         kernel: "dense" keeps dense layers; "auto" times a sparse CSR kernel against the dense one for each
@@ -56,6 +59,7 @@ class UnstructuredPruning(Config):
     exclude: tuple[str, ...] = ()
     prune_head: bool = False
     calibration_batches: int = 8
+    recalibrate_bn: bool = True
     keep_masks: bool = True
     kernel: Literal["dense", "auto"] = "dense"
 
@@ -197,6 +201,10 @@ def apply_unstructured(
         attach_mask(module, masks[name])
         masks[name] = getattr(module, MASK).bool()
     result = report(masks)
+    if config.recalibrate_bn and data is not None:
+        from slimtorch.prune.channel_scores import recalibrate_batchnorm
+
+        result["bn_batches"] = recalibrate_batchnorm(model, data, config.calibration_batches)
     logger.info("unstructured pruning: %.1f%% of %d layers' weights zero; per layer: %s", 100 * result["overall"],
                 len(layers), ", ".join(f"{n} {100 * s:.1f}%" for n, s in result["layers"].items()))
     return result
