@@ -14,6 +14,8 @@ from slimtorch.errors import (  # noqa: E402
 )
 from slimtorch.io.load import load  # noqa: E402
 from slimtorch.io.save import save  # noqa: E402
+from slimtorch.io.onnx import export_onnx  # noqa: E402
+from slimtorch.io.onnx_check import AgreementReport, Tolerance, check_agreement  # noqa: E402
 from slimtorch.measure import Comparison, Metrics, compare, measure  # noqa: E402
 from slimtorch.train.finetune import Finetune, finetune  # noqa: E402
 from slimtorch.recipe import Recipe, load_recipe  # noqa: E402
@@ -33,6 +35,10 @@ from slimtorch.search.sensitivity import quant_sensitivity  # noqa: E402
 from slimtorch.api import compress, decompose, prune, quantize  # noqa: E402  (keep last)
 
 __all__ = [
+    "AgreementReport",
+    "Tolerance",
+    "check_agreement",
+    "export_onnx",
     "ArtifactError",
     "Binarize",
     "Comparison",

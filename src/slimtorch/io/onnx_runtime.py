@@ -1,0 +1,238 @@
+"""Running and measuring an exported ``.onnx`` file in ONNX Runtime, with the same ``Metrics`` as PyTorch.
+
+Sessions use as many intra-op threads as ``torch.get_num_threads()`` and do not spin idle threads, so that
+timings next to PyTorch compare like with like on a shared machine.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from slimtorch.data import batch_size
+from slimtorch.errors import ArtifactError, DataError
+
+
+def open_session(path: str | os.PathLike, threads: int | None = None, optimized_path: str | None = None) -> Any:
+    """An ``onnxruntime.InferenceSession`` on the CPU with all graph optimizations (QDQ fusion included).
+
+    Args:
+        path: the ``.onnx`` file.
+        threads: intra-op threads; None: ``torch.get_num_threads()``.
+        optimized_path: also write the graph ONNX Runtime runs (after fusion) to this file, to inspect it.
+
+    Raises:
+        ArtifactError: the file is missing or ONNX Runtime cannot load it.
+    """
+    import onnxruntime as ort
+
+    if not Path(path).is_file():
+        raise ArtifactError(f"ONNX file {path} does not exist; write it with st.export_onnx(model, example, path)")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    if optimized_path:
+        options.optimized_model_filepath = optimized_path
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # ORT raises its own exception types for a bad file
+        raise ArtifactError(f"ONNX Runtime cannot load {path}: {str(err).splitlines()[0]}") from None
+
+
+def session_feed(session: Any, inputs: Any) -> dict[str, np.ndarray]:
+    """Map model inputs (a tensor, a tuple of positional inputs or a dict of keyword inputs) onto the session's
+    input names; non-tensor values were constants at export time and are dropped.
+
+    Raises:
+        DataError: the number or names of the tensors do not match the file's inputs.
+    """
+    names = [i.name for i in session.get_inputs()]
+    if isinstance(inputs, dict):
+        tensors = {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor)}
+        missing = [n for n in names if n not in tensors]
+        if missing:
+            raise DataError(f"the ONNX file expects inputs {names}; missing {missing} in the given dict")
+        return {n: tensors[n].detach().cpu().numpy() for n in names}
+    values = [inputs] if isinstance(inputs, torch.Tensor) else [v for v in inputs if isinstance(v, torch.Tensor)]
+    if len(values) != len(names):
+        raise DataError(f"the ONNX file expects {len(names)} input tensor(s) {names}, got {len(values)}")
+    return {n: v.detach().cpu().numpy() for n, v in zip(names, values, strict=True)}
+
+
+class OnnxModule(nn.Module):
+    """An ONNX Runtime session behind the ``nn.Module`` call interface, so ``eval_fn(model)`` works unchanged.
+
+    Outputs come back as CPU tensors: one tensor, or a tuple when the file has several outputs.
+    """
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.session = open_session(path, threads)
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        inputs = kwargs if kwargs else (args[0] if len(args) == 1 else args)
+        outputs = [torch.from_numpy(o) for o in self.session.run(None, session_feed(self.session, inputs))]
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+
+def _concrete_shapes(model: Any, feed: dict[str, np.ndarray]) -> dict[str, list[int]]:
+    """Every value's shape for these inputs (ONNX shape inference on a copy with the input dims fixed)."""
+    import onnx
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for inp in m.graph.input:
+        if inp.name in feed:
+            dims = inp.type.tensor_type.shape.dim
+            for d, size in zip(dims, feed[inp.name].shape, strict=False):
+                d.Clear()
+                d.dim_value = int(size)
+    m = onnx.shape_inference.infer_shapes(m, strict_mode=False)
+    shapes: dict[str, list[int]] = {}
+    for v in list(m.graph.value_info) + list(m.graph.input) + list(m.graph.output):
+        dims = v.type.tensor_type.shape.dim
+        if dims and all(d.HasField("dim_value") for d in dims):
+            shapes[v.name] = [d.dim_value for d in dims]
+    for init in m.graph.initializer:
+        shapes[init.name] = list(init.dims)
+    return shapes
+
+
+def onnx_macs(model: Any, feed: dict[str, np.ndarray]) -> int:
+    """Multiply-accumulates of the matrix products and convolutions of one run on ``feed`` (the ops
+    ``torch.utils.flop_counter`` counts too), from the graph's shapes; ops of unknown shape count 0."""
+    shapes = _concrete_shapes(model, feed)
+    macs = 0
+    for node in model.graph.node:
+        a = shapes.get(node.input[0]) if node.input else None
+        if node.op_type == "MatMulNBits" and a:
+            attrs = {x.name: x.i for x in node.attribute}
+            macs += int(np.prod(a[:-1])) * attrs["K"] * attrs["N"]
+            continue
+        out = shapes.get(node.output[0]) if node.output else None
+        if not a or not out:
+            continue
+        if node.op_type in ("MatMul", "MatMulInteger"):
+            macs += int(np.prod(out)) * a[-1]
+        elif node.op_type == "Gemm":
+            trans_a = any(x.name == "transA" and x.i for x in node.attribute)
+            macs += int(np.prod(out)) * a[0 if trans_a else 1]
+        elif node.op_type == "Conv" and (w := shapes.get(node.input[1])):
+            macs += int(np.prod(out)) * int(np.prod(w[1:]))
+    return macs
+
+
+#: inputs that hold quantization parameters, not weights: op type -> input positions
+_QPARAM_INPUTS = {"QuantizeLinear": (1, 2), "DequantizeLinear": (1, 2), "MatMulNBits": (2, 3),
+                  "MatMulInteger": (2, 3), "DynamicQuantizeLinear": ()}
+
+
+def onnx_param_counts(model: Any) -> tuple[int, int]:
+    """(weights, non-zero weights) stored in the file's initializers, quantization parameters left out and
+    4-bit packed bytes counted as two weights each."""
+    from onnx import numpy_helper
+
+    role: dict[str, str] = {}
+    for node in model.graph.node:
+        for pos, name in enumerate(node.input):
+            if pos in _QPARAM_INPUTS.get(node.op_type, ()):
+                role.setdefault(name, "qparam")
+            elif node.op_type == "MatMulNBits" and pos == 1:
+                role[name] = "nibbles"
+    params = nonzero = 0
+    for init in model.graph.initializer:
+        kind = role.get(init.name)
+        if kind == "qparam" or len(init.dims) == 0:
+            continue
+        values = numpy_helper.to_array(init)
+        if kind == "nibbles":
+            params += 2 * values.size
+            nonzero += int(np.count_nonzero(values & 0x0F != 8) + np.count_nonzero(values >> 4 != 8))
+        else:
+            params += values.size
+            nonzero += int(np.count_nonzero(values))
+    return params, nonzero
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return 0
+
+
+def measure_onnx(
+    path: str | os.PathLike | nn.Module,
+    example_inputs: Any,
+    *,
+    eval_fn: Callable[[nn.Module], float] | None = None,
+    warmup: int = 3,
+    repeats: int = 30,
+    max_seconds: float = 10.0,
+    label: str = "",
+) -> Any:
+    """Measure an ``.onnx`` file in ONNX Runtime: the same :class:`~slimtorch.measure.Metrics` as PyTorch gives.
+
+    ``size_bytes`` is the file's size (plus any external-data files next to it); latency is timed on
+    ``example_inputs`` after ``warmup`` runs, with ``torch.get_num_threads()`` intra-op threads; FLOPs are the
+    matrix products and convolutions of the graph (2 per multiply-accumulate); ``peak_memory_bytes`` is the
+    growth of the process's resident memory from before the session is created to after the first run
+    (weights, arena and activations); accuracy is ``eval_fn`` applied to an :class:`OnnxModule`.
+
+    Args:
+        path: the ``.onnx`` file, or an ``nn.Module``, which is exported to a temporary file first.
+        example_inputs: a tensor, a tuple of positional inputs or a dict of keyword inputs.
+        eval_fn: called as ``eval_fn(onnx_module)``; its return value is recorded as ``accuracy``.
+        warmup: untimed runs before timing.
+        repeats: timed runs (fewer if ``max_seconds`` runs out, never fewer than 5).
+        max_seconds: time budget for the timed runs (s).
+        label: a name for the record in tables.
+
+    Returns:
+        A ``Metrics`` record with ``runtime="onnxruntime"``.
+
+    Raises:
+        ArtifactError: the file is missing or cannot be loaded.
+        DataError: the inputs do not match the file's inputs.
+    """
+    import onnx
+
+    from slimtorch.measure.latency import time_fn
+    from slimtorch.measure.metrics import Metrics
+
+    if isinstance(path, nn.Module):
+        from slimtorch.io.onnx import export_onnx
+
+        with tempfile.TemporaryDirectory() as tmp:
+            onnx_path = export_onnx(path, example_inputs, Path(tmp) / "model.onnx", check=False)
+            return measure_onnx(onnx_path, example_inputs, eval_fn=eval_fn, warmup=warmup, repeats=repeats,
+                                max_seconds=max_seconds, label=label)
+    path = Path(path)
+    rss_before = _rss_bytes()
+    module = OnnxModule(path)
+    feed = session_feed(module.session, example_inputs)
+    module.session.run(None, feed)
+    peak = max(_rss_bytes() - rss_before, 0)
+    timing = time_fn(lambda: module.session.run(None, feed), warmup=warmup, repeats=repeats, max_seconds=max_seconds)
+    graph = onnx.load(str(path), load_external_data=False)
+    params, nonzero = onnx_param_counts(onnx.load(str(path)))
+    macs = onnx_macs(graph, feed)
+    size = path.stat().st_size + sum(p.stat().st_size for p in path.parent.glob(path.name + ".data"))
+    accuracy = float(eval_fn(module)) if eval_fn is not None else None
+    return Metrics(params=params, nonzero_params=nonzero, size_bytes=size, flops=2 * macs, macs=macs,
+                   latency_ms=timing.median_ms, latency_p90_ms=timing.p90_ms, peak_memory_bytes=peak,
+                   accuracy=accuracy, batch_size=batch_size(example_inputs),
+                   threads=module.session.get_session_options().intra_op_num_threads, runtime="onnxruntime",
+                   label=label)

@@ -1,0 +1,210 @@
+"""Export-only twins of slimtorch's compressed layers: the same numbers, written with ops ONNX has.
+
+The compressed layers run on PyTorch's CPU kernels (oneDNN int8, ``_int_mm``, int4 pack-mm, CSR, bit tables),
+which have no ONNX form. :func:`export_twins` swaps each for a twin that holds the same integers in the dtypes
+ONNX wants and calls an op of :mod:`slimtorch.io.onnx_ops`, then puts the originals back. Plain layers
+(float, structurally pruned, low-rank, unstructured zeros) need no twin.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from slimtorch.io import onnx_ops  # noqa: F401  (registers the torch.ops.slimtorch_export ops)
+from slimtorch.prune.sparse_linear import SparseLinear
+from slimtorch.quant.binary_modules import BinaryConv2d, BinaryLinear
+from slimtorch.quant.modules import QuantConv2d, QuantLinear
+
+#: block sizes ONNX Runtime's MatMulNBits accepts (a power of two, at least 16)
+NBITS_BLOCKS = (16, 32, 64, 128, 256, 512, 1024, 2048)
+
+ops = torch.ops.slimtorch_export
+
+
+def _static_buffers(twin: nn.Module, layer: QuantLinear | QuantConv2d) -> None:
+    """int8 weight with int8 zero points, uint8 input zero point, bias as int32 on the scale x_scale * w_scale
+    (the form ONNX Runtime's QDQ fusion expects; the bias rounding error is below half of that scale)."""
+    twin.register_buffer("qweight", layer.qweight.detach().to(torch.int8).clone())
+    twin.register_buffer("w_scale", layer.weight_scale.detach().float().clone())
+    twin.register_buffer("w_zp", torch.zeros_like(layer.weight_scale, dtype=torch.int8))
+    twin.register_buffer("x_scale", layer.input_scale.detach().float().reshape(()).clone())
+    twin.register_buffer("x_zp", layer.input_zero_point.detach().reshape(()).to(torch.uint8).clone())
+    if layer.bias is None:
+        twin.bias_q = twin.bias_scale = None
+        return
+    bias_scale = twin.x_scale * twin.w_scale
+    limit = float(2**31 - 1)
+    twin.register_buffer("bias_q", torch.round(layer.bias.detach().float() / bias_scale).clamp(-limit, limit)
+                         .to(torch.int32))
+    twin.register_buffer("bias_scale", bias_scale)
+
+
+class QDQLinear(nn.Module):
+    """Static int8 Linear as QuantizeLinear/DequantizeLinear + Gemm."""
+
+    def __init__(self, layer: QuantLinear) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.relu = layer.in_features, layer.out_features, layer.relu
+        _static_buffers(self, layer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = ops.qdq_linear(x.reshape(-1, self.in_features), self.qweight, self.w_scale, self.w_zp, self.x_scale,
+                           self.x_zp, self.bias_q, self.bias_scale, self.relu)
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+
+class QDQConv2d(nn.Module):
+    """Static int8 Conv2d as QuantizeLinear/DequantizeLinear + Conv."""
+
+    def __init__(self, layer: QuantConv2d) -> None:
+        super().__init__()
+        self.stride, self.padding, self.dilation = list(layer.stride), list(layer.padding), list(layer.dilation)
+        self.groups, self.relu = layer.groups, layer.relu
+        _static_buffers(self, layer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.qdq_conv2d(x, self.qweight, self.w_scale, self.w_zp, self.x_scale, self.x_zp, self.bias_q,
+                              self.bias_scale, self.stride, self.padding, self.dilation, self.groups, self.relu)
+
+
+class DynamicLinear(nn.Module):
+    """Dynamic int8 Linear as an in-graph activation quantization + MatMulInteger."""
+
+    def __init__(self, layer: QuantLinear) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.per_token = layer.in_features, layer.out_features, layer.per_token
+        self.register_buffer("qweight_t", layer.int_weight().detach().t().contiguous())  # [in, out]
+        self.register_buffer("w_scale", layer.weight_scale.detach().float().clone())
+        self.register_buffer("w_zp", torch.zeros_like(layer.weight_scale, dtype=torch.int8))
+        self.register_buffer("bias", None if layer.bias is None else layer.bias.detach().float().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = ops.dynamic_linear(x.reshape(-1, self.in_features), self.qweight_t, self.w_scale, self.w_zp, self.bias,
+                               self.per_token)
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+
+class NBitsLinear(nn.Module):
+    """4-bit weight-only Linear as ONNX Runtime's MatMulNBits (the packed bytes are reused as they are)."""
+
+    def __init__(self, layer: QuantLinear) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.block = layer.in_features, layer.out_features, layer.group_size
+        blocks = layer.qweight.detach().reshape(self.out_features, self.in_features // self.block, self.block // 2)
+        self.register_buffer("blocks", blocks.clone())  # [N, K / block, block / 2]
+        self.register_buffer("scales", layer.weight_scale.detach().float().reshape(-1).clone())  # [N * K / block]
+        self.register_buffer("bias", None if layer.bias is None else layer.bias.detach().float().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.matmul_nbits(x, self.blocks, self.scales, self.bias, self.in_features, self.out_features,
+                                self.block)
+
+
+class DequantLinear(nn.Module):
+    """Any other integer-weight Linear: int8 codes dequantized in the graph, float Gemm."""
+
+    def __init__(self, layer: QuantLinear) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.group_size = layer.in_features, layer.out_features, layer.group_size
+        self.register_buffer("qweight", layer.int_weight().detach().clone())
+        self.register_buffer("w_scale", layer.weight_scale.detach().float().clone())
+        self.register_buffer("bias", None if layer.bias is None else layer.bias.detach().float().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = ops.dequant_linear(x.reshape(-1, self.in_features), self.qweight, self.w_scale, self.bias,
+                               self.group_size)
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+
+class FloatBinary(nn.Module):
+    """Binary/ternary layer as its float product (ONNX has no 1- or 2-bit type): ``scale * codes`` weights,
+    and ``sign(x - shift)`` inputs for fully binary layers."""
+
+    def __init__(self, layer: BinaryLinear | BinaryConv2d) -> None:
+        super().__init__()
+        self.layer_ref = [layer]  # a list keeps the original out of this module's children
+        weight = layer.dequantized_weight().detach()
+        if isinstance(layer, BinaryConv2d):
+            weight = weight.reshape(layer.out_channels, layer.in_channels, *layer.kernel_size)
+            self.conv = dict(stride=layer.stride, padding=layer.padding, dilation=layer.dilation)
+        else:
+            self.conv = None
+        self.register_buffer("weight", weight)
+        self.register_buffer("bias", None if layer.bias is None else layer.bias.detach().float().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        layer = self.layer_ref[0]
+        if layer.activations:
+            x = layer._binarize_input(x)
+        if self.conv is None:
+            return F.linear(x, self.weight, self.bias)
+        return F.conv2d(x, self.weight, self.bias, **self.conv)
+
+
+def dense_linear(layer: SparseLinear) -> nn.Linear:
+    """A SparseLinear as the plain Linear it equals (its zeros stay zeros in the file)."""
+    out = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
+    with torch.no_grad():
+        out.weight.copy_(layer.dense_weight())
+        if layer.bias is not None:
+            out.bias.copy_(layer.bias)
+    return out
+
+
+def twin_for(module: nn.Module) -> nn.Module | None:
+    """The export twin of ``module``, or None where the module exports as it is."""
+    if isinstance(module, QuantConv2d):
+        return QDQConv2d(module)
+    if isinstance(module, QuantLinear):
+        if module.mode == "static":
+            return QDQLinear(module)
+        if module.mode == "dynamic":
+            return DynamicLinear(module)
+        if (module.bits == 4 and module.group_size in NBITS_BLOCKS and module.in_features % module.group_size == 0):
+            return NBitsLinear(module)
+        return DequantLinear(module)
+    if isinstance(module, SparseLinear):
+        return dense_linear(module)
+    if isinstance(module, BinaryLinear | BinaryConv2d):
+        return FloatBinary(module)
+    return None
+
+
+def _set(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+@contextlib.contextmanager
+def export_twins(model: nn.Module) -> Iterator[tuple[nn.Module, dict[str, str]]]:
+    """Within the block, every compressed layer of ``model`` is replaced by its export twin (in eval mode);
+    afterwards the originals and the training flag are restored, even on error.
+
+    Yields:
+        ``(module to export, {layer name: twin class name})``; the module is ``model`` itself unless ``model``
+        is one compressed layer, whose twin is then exported.
+    """
+    was_training = model.training
+    swapped: list[tuple[str, nn.Module]] = []
+    top = twin_for(model)
+    try:
+        if top is None:
+            for name, module in list(model.named_modules()):
+                if not name or any(name.startswith(done + ".") for done, _ in swapped):
+                    continue
+                twin = twin_for(module)
+                if twin is not None:
+                    _set(model, name, twin)
+                    swapped.append((name, module))
+        model.eval()
+        names = {name: type(model.get_submodule(name)).__name__ for name, _ in swapped}
+        yield (model, names) if top is None else (top.eval(), {"": type(top).__name__})
+    finally:
+        for name, module in reversed(swapped):
+            _set(model, name, module)
+        model.train(was_training)
