@@ -9,7 +9,7 @@ import sys
 from slimtorch import __version__
 from slimtorch.errors import SlimError
 
-VERBS = ("demo", "compress", "measure")
+VERBS = ("demo", "compress", "measure", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:

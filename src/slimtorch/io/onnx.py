@@ -14,6 +14,7 @@ import io
 import logging
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -126,9 +127,11 @@ def _untranslatable(program: torch.export.ExportedProgram) -> list[tuple[str, st
 def _translate(program: torch.export.ExportedProgram) -> bytes:
     from slimtorch.io.onnx_ops import TRANSLATIONS
     quiet = io.StringIO()
-    onnx_log = logging.getLogger("torch.onnx")
-    level = onnx_log.level
-    onnx_log.setLevel(logging.ERROR)
+    # the exporter and its optimizer log every pass at INFO; keep the user's log to slimtorch's own lines
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "onnx_ir")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
     try:
         with contextlib.redirect_stdout(quiet):
             onnx_program = torch.onnx.export(program, dynamo=True, custom_translation_table=TRANSLATIONS,
@@ -143,7 +146,8 @@ def _translate(program: torch.export.ExportedProgram) -> bytes:
         first = next((ln for ln in str(err).splitlines() if ln.strip()), type(err).__name__)
         raise UnsupportedModelError(f"cannot export to ONNX: the ONNX translation failed ({first})") from err
     finally:
-        onnx_log.setLevel(level)
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
     return onnx_program.model_proto.SerializeToString()
 
 
@@ -199,7 +203,8 @@ def export_onnx(
     from slimtorch.io.onnx_twins import export_twins  # onnxscript is imported on first export only
 
     args, kwargs = _as_args(example_inputs)
-    with export_twins(model) as (target, swapped), torch.no_grad():
+    with export_twins(model) as (target, swapped), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # deprecation notes inside torch.export, not the user's
         if swapped:
             logger.info("export_onnx: %d compressed layers exported through their ONNX forms: %s", len(swapped),
                         ", ".join(sorted(set(swapped.values()))))
