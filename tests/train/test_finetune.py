@@ -129,3 +129,14 @@ def test_zoo_cnn_90_percent_sparse_with_distillation_within_one_point(digits_cnn
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     assert sum(int((m.weight == 0).sum()) for m in convs) == round(0.9 * sum(m.weight.numel() for m in convs))
     assert data.evaluate(model) >= base - 0.01
+
+
+def test_a_pruned_model_loaded_from_disk_keeps_its_zeros(tmp_path):
+    model = st.make_permanent(st.prune(net(), st.UnstructuredPruning(sparsity=0.8, scope="layer")))
+    path = st.save(model, tmp_path / "pruned")
+    loaded = st.load(path, net())
+    zeros = int((loaded[2].weight == 0).sum())
+    st.finetune(loaded, task(), epochs=1, config=st.Finetune(lr=1e-2))
+    assert int((loaded[2].weight == 0).sum()) == zeros
+    dense = st.finetune(net(), task(), epochs=1, config=st.Finetune(lr=1e-2))  # dense layers: no masks
+    assert not any(hasattr(m, "slim_mask") for m in dense.modules())

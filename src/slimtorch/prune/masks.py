@@ -128,6 +128,18 @@ def restore_masks(model: nn.Module, layers: list[str] | None = None) -> int:
     return count
 
 
+def sparse_layers(model: nn.Module, min_sparsity: float = 0.1) -> list[str]:
+    """Names of Linear/Conv layers whose weights are at least ``min_sparsity`` (0-1) exact zeros: pruned
+    layers, e.g. of a model loaded from disk (a trained dense layer has essentially no exact zeros)."""
+    out = []
+    for name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        if isinstance(module, nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d) and isinstance(weight, torch.Tensor):
+            if weight.is_floating_point() and weight.numel() and float((weight == 0).float().mean()) >= min_sparsity:
+                out.append(name)
+    return out
+
+
 def make_permanent(model: nn.Module) -> nn.Module:
     """Fold every pruning mask into its weights and remove masks and hooks, leaving plain layers with zeros.
 

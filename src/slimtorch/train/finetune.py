@@ -22,7 +22,7 @@ from slimtorch._log import logger, progress
 from slimtorch.config import Config, check_range, register
 from slimtorch.data import as_loader, call, first_tensor, split_batch
 from slimtorch.errors import ConfigError, DataError
-from slimtorch.prune.masks import apply_masks, restore_masks
+from slimtorch.prune.masks import apply_masks, restore_masks, sparse_layers
 from slimtorch.train import distributed as ddp
 from slimtorch.train.distill import FeatureTap, feature_mse, soft_target_kl
 
@@ -44,6 +44,8 @@ class Finetune(Config):
         feature_layers: names of layers whose outputs the student matches to the teacher's (MSE, normalised
             per layer); the layers must keep their output shape.
         feature_weight: weight of the feature-matching loss (added to the mixed task/distillation loss).
+        keep_zeros: layers that are already sparse (at least 10% exact zeros, e.g. a pruned model loaded from
+            a file, whose masks are not stored) keep their zeros as masks, so fine-tuning does not undo pruning.
         patience: stop after this many epochs without a better validation metric and restore the best
             weights (None: no early stopping); needs ``eval_fn`` or a data object with ``evaluate``.
     """
@@ -59,6 +61,7 @@ class Finetune(Config):
     feature_layers: tuple[str, ...] = ()
     feature_weight: float = 1.0
     patience: int | None = None
+    keep_zeros: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -194,7 +197,8 @@ def finetune(
             raise ConfigError("Finetune.patience needs a validation metric: pass eval_fn=(model -> float)")
     torch.manual_seed(seed)
     teacher = teacher.eval() if teacher is not None and cfg.distill else None
-    restore_masks(model)  # (re)install the gradient hooks of any pruning masks, e.g. on a deep copy
+    # (re)install the hooks of pruning masks (e.g. on a deep copy), and mask the zeros of loaded sparse layers
+    restore_masks(model, layers=sparse_layers(model) if cfg.keep_zeros else None)
     net = model
     if ddp.world_size() > 1:
         ddp.init(model)
