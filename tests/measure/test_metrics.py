@@ -53,8 +53,8 @@ def test_bad_inputs_name_the_problem():
 
 
 def test_interleaved_timing_ranks_a_slower_function_slower():
-    small, big = torch.randn(64, 64), torch.randn(512, 512)
-    t = time_interleaved({"small": lambda: small @ small, "big": lambda: big @ big}, rounds=3, round_seconds=0.05)
+    small, big = torch.randn(16, 16), torch.randn(1024, 1024)  # 260,000x the work: robust to a loaded machine
+    t = time_interleaved({"small": lambda: small @ small, "big": lambda: big @ big}, rounds=5, round_seconds=0.05)
     assert t["big"].median_ms > t["small"].median_ms
 
 
