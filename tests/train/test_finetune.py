@@ -140,3 +140,16 @@ def test_a_pruned_model_loaded_from_disk_keeps_its_zeros(tmp_path):
     assert int((loaded[2].weight == 0).sum()) == zeros
     dense = st.finetune(net(), task(), epochs=1, config=st.Finetune(lr=1e-2))  # dense layers: no masks
     assert not any(hasattr(m, "slim_mask") for m in dense.modules())
+
+
+def test_same_seed_same_run_even_after_the_loader_was_used():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    x = torch.cat([b[0] for b in task()])
+    y = torch.cat([b[1] for b in task()])
+    loader = DataLoader(TensorDataset(x, y), batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0))
+    a = st.finetune(net(), loader, epochs=2, seed=4)
+    list(loader)  # advances the loader's own generator
+    b = st.finetune(net(), loader, epochs=2, seed=4)
+    assert a._slim_history.losses == b._slim_history.losses
+    assert torch.equal(a[0].weight, b[0].weight)

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader, RandomSampler
 
 from slimtorch._log import logger, progress
 from slimtorch.config import Config, check_range, register
@@ -112,6 +113,17 @@ def _to(device: torch.device, value: Any) -> Any:
     return value
 
 
+def _seeded(loader: Any, seed: int) -> Any:
+    """A shuffling DataLoader rebuilt with its own generator seeded by ``seed``, so the same seed gives the
+    same batches however often the original loader was iterated before; other loaders are left as they are."""
+    if not isinstance(loader, DataLoader) or not isinstance(loader.sampler, RandomSampler) \
+            or loader.batch_size is None:
+        return loader
+    return DataLoader(loader.dataset, batch_size=loader.batch_size, shuffle=True, collate_fn=loader.collate_fn,
+                      num_workers=loader.num_workers, drop_last=loader.drop_last,
+                      generator=torch.Generator().manual_seed(seed))
+
+
 class _Loss:
     """The training loss: task loss, mixed with soft-target distillation and feature matching."""
 
@@ -200,6 +212,7 @@ def finetune(
     # (re)install the hooks of pruning masks (e.g. on a deep copy), and mask the zeros of loaded sparse layers
     restore_masks(model, layers=sparse_layers(model) if cfg.keep_zeros else None)
     net = model
+    loader = _seeded(loader, seed)
     if ddp.world_size() > 1:
         ddp.init(model)
         loader = ddp.shard(loader, seed)
