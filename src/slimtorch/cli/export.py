@@ -54,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {path} ({path.stat().st_size / 1e3:.1f} kB)")
     result: dict = {"path": str(path)}
     if not args.no_check:
-        report = check_agreement(model, path, resolved.data if resolved.data is not None else example)
+        data = resolved.data if resolved.data is not None and not args.static_batch else example
+        report = check_agreement(model, path, data)
         print(report.summary())
         result["agreement"] = report.to_dict()
     if args.measure:

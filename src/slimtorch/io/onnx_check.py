@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils import _pytree as pytree
 
 from slimtorch.data import call, iter_inputs
-from slimtorch.errors import UnsupportedModelError
+from slimtorch.errors import DataError, UnsupportedModelError
 from slimtorch.io.onnx_runtime import open_session, session_feed
 
 Kind = Literal["float", "weight_only", "int8"]
@@ -141,7 +141,7 @@ def check_agreement(
     Raises:
         UnsupportedModelError: the runtimes disagree beyond the tolerance (with ``raise_on_failure``).
         ArtifactError: the file is missing or cannot be loaded.
-        DataError: the inputs do not match the file's inputs.
+        DataError: the inputs do not match the file's inputs, or the model fails on them.
 
     Example:
         >>> import slimtorch as st, torch
@@ -161,10 +161,19 @@ def check_agreement(
     classify = True
     try:
         for batch in _batches(inputs, num_batches):
-            with torch.no_grad():
-                ref = [t.detach().float().cpu().numpy() for t in pytree.tree_leaves(call(model, batch))
-                       if isinstance(t, torch.Tensor)]
-            got = session.run(None, session_feed(session, batch))
+            feed = session_feed(session, batch)
+            try:
+                with torch.no_grad():
+                    out = call(model, batch)
+            except Exception as err:
+                raise DataError(f"the model failed on the inputs given to check_agreement ({type(err).__name__}: "
+                                f"{err}); pass inputs of the shape the model expects") from err
+            ref = [t.detach().float().cpu().numpy() for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+            try:
+                got = session.run(None, feed)
+            except Exception as err:  # ONNX Runtime's own exception types: wrong shapes or dtypes
+                raise DataError(f"ONNX Runtime rejected the inputs ({str(err).splitlines()[0]}); a file exported "
+                                "with dynamic_batch=False only takes its export batch size") from None
             for r, g in zip(ref, got, strict=False):
                 if r.shape != g.shape:
                     raise UnsupportedModelError(f"ONNX output shape {g.shape} differs from the model's {r.shape}; "

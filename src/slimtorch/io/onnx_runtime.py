@@ -98,15 +98,24 @@ def _concrete_shapes(model: Any, feed: dict[str, np.ndarray]) -> dict[str, list[
             for d, size in zip(dims, feed[inp.name].shape, strict=False):
                 d.Clear()
                 d.dim_value = int(size)
-    m = onnx.shape_inference.infer_shapes(m, strict_mode=False)
-    shapes: dict[str, list[int]] = {}
-    for v in list(m.graph.value_info) + list(m.graph.input) + list(m.graph.output):
-        dims = v.type.tensor_type.shape.dim
-        if dims and all(d.HasField("dim_value") for d in dims):
-            shapes[v.name] = [d.dim_value for d in dims]
-    for init in m.graph.initializer:
-        shapes[init.name] = list(init.dims)
-    return shapes
+    while True:  # ONNX does not know contrib ops' output shapes: give those of MatMulNBits and infer again
+        m = onnx.shape_inference.infer_shapes(m, strict_mode=False)
+        shapes: dict[str, list[int]] = {}
+        for v in list(m.graph.value_info) + list(m.graph.input) + list(m.graph.output):
+            dims = v.type.tensor_type.shape.dim
+            if dims and all(d.HasField("dim_value") for d in dims):
+                shapes[v.name] = [d.dim_value for d in dims]
+        for init in m.graph.initializer:
+            shapes[init.name] = list(init.dims)
+        added = False
+        for node in m.graph.node:
+            if node.op_type == "MatMulNBits" and node.input[0] in shapes and node.output[0] not in shapes:
+                n = next(a.i for a in node.attribute if a.name == "N")
+                m.graph.value_info.append(onnx.helper.make_tensor_value_info(
+                    node.output[0], onnx.TensorProto.FLOAT, shapes[node.input[0]][:-1] + [n]))
+                added = True
+        if not added:
+            return shapes
 
 
 def onnx_macs(model: Any, feed: dict[str, np.ndarray]) -> int:

@@ -1,0 +1,89 @@
+"""check_agreement: the numbers it reports and the tolerance it applies."""
+
+import copy
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+from torch import nn
+
+import slimtorch as st
+from slimtorch.io.onnx_check import TOLERANCES, compression_kind
+
+
+@pytest.fixture()
+def linear_file(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 10)).eval()
+    return model, st.export_onnx(model, torch.randn(4, 16), tmp_path / "lin.onnx", check=False)
+
+
+def test_float_agreement_is_tight(linear_file):
+    model, path = linear_file
+    report = st.check_agreement(model, path, torch.randn(64, 16))
+    assert report.passed and report.kind == "float" and report.samples == 64
+    assert report.max_abs_error < 1e-5 and report.cosine > 0.99999 and report.top1_agreement == 1.0
+    assert report.tolerance == TOLERANCES["float"]
+    assert "agree" in report.summary() and report.to_dict()["samples"] == 64
+
+
+def test_data_loader_and_batches(linear_file):
+    model, path = linear_file
+    batches = [(torch.randn(8, 16), torch.zeros(8)) for _ in range(5)]
+    report = st.check_agreement(model, path, batches, num_batches=3)
+    assert report.samples == 24
+
+
+def test_tampered_file_is_caught(linear_file, tmp_path):
+    model, path = linear_file
+    proto = onnx.load(str(path))
+    for init in proto.graph.initializer:
+        if init.name.endswith("weight"):
+            w = numpy_helper.to_array(init).copy()
+            w[0, 0] += 0.5  # one weight off: the first output drifts
+            init.CopyFrom(numpy_helper.from_array(w, init.name))
+    bad = tmp_path / "bad.onnx"
+    onnx.save(proto, str(bad))
+    with pytest.raises(st.UnsupportedModelError, match="DISAGREE.*max rel error"):
+        st.check_agreement(model, bad, torch.randn(32, 16))
+    report = st.check_agreement(model, bad, torch.randn(32, 16), raise_on_failure=False)
+    assert not report.passed and report.max_abs_error > 1e-3
+    loose = st.Tolerance(max_rel_error=1.0, min_cosine=0.0, min_top1=0.0)
+    assert st.check_agreement(model, bad, torch.randn(32, 16), tolerance=loose).passed
+
+
+def test_cosine_and_top1_by_hand(tmp_path):
+    # a model whose export is exact, compared with an ONNX file of the negated model: cosine -1, no top-1 match
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 4))
+    negated = copy.deepcopy(model)
+    with torch.no_grad():
+        negated[0].weight.neg_()
+        negated[0].bias.neg_()
+    path = st.export_onnx(negated, torch.randn(2, 6), tmp_path / "neg.onnx", check=False)
+    x = torch.randn(10, 6)
+    report = st.check_agreement(model, path, x, raise_on_failure=False)
+    np.testing.assert_allclose(report.cosine, -1.0, atol=1e-6)
+    assert report.top1_agreement == 0.0
+    np.testing.assert_allclose(report.max_abs_error, 2 * model(x).abs().max().item(), rtol=1e-5)
+
+
+def test_kind_follows_the_loosest_layer(digits_mlp):
+    model, data = digits_mlp
+    assert compression_kind(model) == "float"
+    w = copy.deepcopy(model)
+    st.quantize(w, st.WeightOnlyQuant(bits=8, group_size=None))
+    assert compression_kind(w) == "weight_only"
+    d = copy.deepcopy(model)
+    st.quantize(d, st.DynamicQuant())
+    assert compression_kind(d) == "int8"
+
+
+def test_missing_file_and_wrong_inputs(linear_file, tmp_path):
+    model, path = linear_file
+    with pytest.raises(st.ArtifactError, match="does not exist"):
+        st.check_agreement(model, tmp_path / "none.onnx", torch.randn(2, 16))
+    with pytest.raises(st.DataError, match="expects 1 input"):
+        st.check_agreement(model, path, (torch.randn(2, 16), torch.randn(2, 16)))
