@@ -94,3 +94,15 @@ def test_apply_masks():
         model[2].weight.fill_(1.0)
     apply_masks(model)
     assert int((model[2].weight == 0).sum()) == int((~model[2].slim_mask.bool()).sum())
+
+
+def test_torch_nn_utils_prune_layers_are_left_to_torch():
+    from torch.nn.utils import prune as torch_prune
+
+    from slimtorch.prune.masks import sparse_layers
+
+    model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 4))
+    torch_prune.l1_unstructured(model[0], "weight", amount=0.5)
+    assert sparse_layers(model) == []  # its weight is computed from weight_orig * weight_mask
+    st.finetune(model, [(torch.randn(8, 16), torch.randint(0, 4, (8,)))], epochs=1)
+    assert int((model[0].weight == 0).sum()) >= 512

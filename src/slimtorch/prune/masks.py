@@ -122,7 +122,7 @@ def restore_masks(model: nn.Module, layers: list[str] | None = None) -> int:
         if is_masked(module):
             attach_mask(module, getattr(module, MASK).clone())
             count += 1
-        elif layers is not None and name in layers and isinstance(getattr(module, "weight", None), torch.Tensor):
+        elif layers is not None and name in layers and isinstance(getattr(module, "weight", None), nn.Parameter):
             attach_mask(module, module.weight.detach() != 0)
             count += 1
     return count
@@ -134,7 +134,8 @@ def sparse_layers(model: nn.Module, min_sparsity: float = 0.1) -> list[str]:
     out = []
     for name, module in model.named_modules():
         weight = getattr(module, "weight", None)
-        if isinstance(module, nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d) and isinstance(weight, torch.Tensor):
+        # a weight that is no Parameter is computed (e.g. by torch.nn.utils.prune from weight_orig): not ours
+        if isinstance(module, nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d) and isinstance(weight, nn.Parameter):
             if weight.is_floating_point() and weight.numel() and float((weight == 0).float().mean()) >= min_sparsity:
                 out.append(name)
     return out
