@@ -28,10 +28,12 @@ def test_export_saved_quantized_artifact(tmp_path, capsys, digits_mlp):
     st.quantize(q, st.StaticQuant(calibration_batches=2), data=data.calibration)
     saved = st.save(q, tmp_path / "q")
     out = tmp_path / "q.onnx"
-    assert main(["export", "zoo:digits-mlp", "--artifact", str(saved), "-o", str(out), "--static-batch"]) == 0
+    assert main(["export", "zoo:digits-mlp", "--artifact", str(saved), "-o", str(out), "--static-batch",
+                 "--int8-outputs"]) == 0
     assert "int8 tolerance" in capsys.readouterr().out
     proto = onnx.load(str(out))
-    assert "QuantizeLinear" in {n.op_type for n in proto.graph.node}
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops.count("QuantizeLinear") > 3  # inputs and (with --int8-outputs) outputs of the int8 layers
     assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
 
 

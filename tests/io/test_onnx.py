@@ -166,3 +166,16 @@ def test_bad_arguments(tmp_path):
         st.export_onnx(TwoLayer(), torch.randn(1, 64), tmp_path / "m.bin")
     with pytest.raises(st.DataError, match="failed on the example inputs"):
         st.export_onnx(TwoLayer(), torch.randn(1, 3), tmp_path / "m.onnx")
+
+
+def test_int8_outputs_run_as_integer_convolutions(digits_cnn, tmp_path):
+    model, data = digits_cnn
+    q = copy.deepcopy(model)
+    st.quantize(q, st.StaticQuant(calibration_batches=2), data=data.calibration)
+    path = st.export_onnx(q, data.example_inputs(1), tmp_path / "cnn.onnx", check_inputs=data,
+                          int8_outputs=data.calibration)
+    fused = _ops(path, tmp_path, optimized=True)
+    assert {"QLinearConv", "QLinearAdd"} <= fused and "Conv" not in fused and "FusedConv" not in fused
+    report = st.check_agreement(q, path, data)
+    assert report.kind == "int8" and report.cosine > 0.99 and report.top1_agreement >= 0.99
+    assert data.evaluate(OnnxModule(path)) >= data.evaluate(q) - 2 / 359

@@ -22,6 +22,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input-shape", help="example input shape, e.g. 1,3,224,224 (zoo models know theirs)")
     p.add_argument("--batch-size", type=int, default=None, help="batch size of the example input (zoo models)")
     p.add_argument("--static-batch", action="store_true", help="fix the batch size instead of leaving it free")
+    p.add_argument("--data", help="zoo:NAME, an image folder or package.module:function: data for the agreement "
+                                  "check and for --int8-outputs (zoo models bring their own)")
+    p.add_argument("--int8-outputs", action="store_true",
+                   help="quantize static int8 layers' outputs too (calibrated on the data): ONNX Runtime then runs "
+                        "integer convolutions end to end")
     p.add_argument("--no-check", action="store_true", help="skip the PyTorch / ONNX Runtime agreement check")
     p.add_argument("--measure", action="store_true", help="also measure the model in PyTorch and ONNX Runtime")
     p.add_argument("--json", dest="json_path", help="write the agreement report (and measurements) to this file")
@@ -38,7 +43,11 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.output.endswith(".onnx"):
         raise ConfigError(f"-o {args.output!r} must name a .onnx file")
+    from slimtorch.cli.data_spec import resolve_data
+
     resolved = resolve_model(args.model, args.weights)
+    if args.data:
+        resolved.data = resolve_data(args.data)
     model = resolved.model
     if args.artifact:
         model = load(args.artifact, model)
@@ -50,7 +59,13 @@ def run(args: argparse.Namespace) -> int:
         example = resolved.example_inputs
     else:
         raise ConfigError(f"{args.model} needs --input-shape (e.g. --input-shape 1,3,224,224)")
-    path = export_onnx(model, example, args.output, dynamic_batch=not args.static_batch, check=False)
+    int8_outputs = None
+    if args.int8_outputs:
+        if resolved.data is None:
+            raise ConfigError("--int8-outputs needs calibration data: pass --data (zoo models bring their own)")
+        int8_outputs = getattr(resolved.data, "calibration", None) or resolved.data.train
+    path = export_onnx(model, example, args.output, dynamic_batch=not args.static_batch, check=False,
+                       int8_outputs=int8_outputs)
     print(f"wrote {path} ({path.stat().st_size / 1e3:.1f} kB)")
     result: dict = {"path": str(path)}
     if not args.no_check:

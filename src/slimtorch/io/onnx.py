@@ -124,7 +124,7 @@ def _untranslatable(program: torch.export.ExportedProgram) -> list[tuple[str, st
     return found
 
 
-def _translate(program: torch.export.ExportedProgram) -> bytes:
+def _translate(program: torch.export.ExportedProgram) -> Any:
     from slimtorch.io.onnx_ops import TRANSLATIONS
     quiet = io.StringIO()
     # the exporter and its optimizer log every pass at INFO; keep the user's log to slimtorch's own lines
@@ -148,7 +148,7 @@ def _translate(program: torch.export.ExportedProgram) -> bytes:
     finally:
         for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
-    return onnx_program.model_proto.SerializeToString()
+    return onnx_program.model_proto
 
 
 def export_onnx(
@@ -159,6 +159,7 @@ def export_onnx(
     dynamic_batch: bool = True,
     check: bool = True,
     check_inputs: Any = None,
+    int8_outputs: Any = None,
 ) -> Path:
     """Export ``model`` to an ONNX file that ONNX Runtime (and TensorRT, OpenVINO, ...) can run.
 
@@ -179,6 +180,11 @@ def export_onnx(
         check: after writing, run :func:`slimtorch.check_agreement` on ``check_inputs`` (default: the example
             inputs) and raise if PyTorch and ONNX Runtime disagree beyond the tolerance for this compression.
         check_inputs: inputs or data (a loader, a list of batches, a zoo data object) for the check.
+        int8_outputs: calibration data (as for ``StaticQuant``). With it, the output of every static int8 layer
+            is quantized to uint8 too, at the range seen on this data: ONNX Runtime then runs whole
+            QLinearConv / QGemm integer chains instead of a float Conv on dequantized values (much faster
+            for convolutions), at the price of one more rounding per layer, which the int8 tolerance of
+            the agreement check covers. PyTorch's own int8 layers keep float outputs.
 
     Returns:
         The path of the written file.
@@ -203,7 +209,12 @@ def export_onnx(
     from slimtorch.io.onnx_twins import export_twins  # onnxscript is imported on first export only
 
     args, kwargs = _as_args(example_inputs)
-    with export_twins(model) as (target, swapped), torch.no_grad(), warnings.catch_warnings():
+    qparams = None
+    if int8_outputs is not None:
+        from slimtorch.io.onnx_twins import calibrate_outputs
+
+        qparams = calibrate_outputs(model, int8_outputs)
+    with export_twins(model, qparams) as (target, swapped), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # deprecation notes inside torch.export, not the user's
         if swapped:
             logger.info("export_onnx: %d compressed layers exported through their ONNX forms: %s", len(swapped),
@@ -227,7 +238,12 @@ def export_onnx(
                     f"cannot export to ONNX: torch.export failed in {err.culprit}: {err.reason}. Make that "
                     "layer traceable (no data-dependent Python control flow, no non-tensor outputs) or replace "
                     "it") from None
-        data = _translate(program)
+        proto = _translate(program)
+    if qparams:
+        from slimtorch.io.onnx_requant import share_grids
+
+        logger.info("export_onnx: %d int8 layer pairs share one activation grid", share_grids(proto))
+    data = proto.SerializeToString()
     write_bytes(path, data)
     logger.info("export_onnx: wrote %s (%.1f kB)", path, len(data) / 1e3)
     if check:

@@ -35,17 +35,24 @@ def _bias(bias_q: torch.Tensor | None, bias_scale: torch.Tensor | None) -> torch
     return None if bias_q is None else bias_q.float() * bias_scale
 
 
+def _output(out: torch.Tensor, relu: bool, y_scale: torch.Tensor | None, y_zp: torch.Tensor | None) -> torch.Tensor:
+    out = out.relu() if relu else out
+    return out if y_scale is None else _fake_uint8(out, y_scale, y_zp)
+
+
 @torch.library.custom_op("slimtorch_export::qdq_linear", mutates_args=())
 def qdq_linear(x: torch.Tensor, qweight: torch.Tensor, w_scale: torch.Tensor, w_zp: torch.Tensor,
                x_scale: torch.Tensor, x_zp: torch.Tensor, bias_q: torch.Tensor | None,
-               bias_scale: torch.Tensor | None, relu: bool) -> torch.Tensor:
-    """Static int8 linear on 2-D ``x`` [M, in]: uint8 activation, int8 weight [out, in] per channel."""
+               bias_scale: torch.Tensor | None, relu: bool, y_scale: torch.Tensor | None = None,
+               y_zp: torch.Tensor | None = None) -> torch.Tensor:
+    """Static int8 linear on 2-D ``x`` [M, in]: uint8 activation, int8 weight [out, in] per channel; with
+    ``y_scale``/``y_zp`` the output is quantized to uint8 too."""
     out = F.linear(_fake_uint8(x, x_scale, x_zp), qweight.float() * w_scale[:, None], _bias(bias_q, bias_scale))
-    return out.relu() if relu else out
+    return _output(out, relu, y_scale, y_zp)
 
 
 @qdq_linear.register_fake
-def _(x, qweight, w_scale, w_zp, x_scale, x_zp, bias_q, bias_scale, relu):
+def _(x, qweight, w_scale, w_zp, x_scale, x_zp, bias_q, bias_scale, relu, y_scale=None, y_zp=None):
     return x.new_empty(x.shape[0], qweight.shape[0])
 
 
@@ -53,15 +60,18 @@ def _(x, qweight, w_scale, w_zp, x_scale, x_zp, bias_q, bias_scale, relu):
 def qdq_conv2d(x: torch.Tensor, qweight: torch.Tensor, w_scale: torch.Tensor, w_zp: torch.Tensor,
                x_scale: torch.Tensor, x_zp: torch.Tensor, bias_q: torch.Tensor | None,
                bias_scale: torch.Tensor | None, stride: list[int], padding: list[int], dilation: list[int],
-               groups: int, relu: bool) -> torch.Tensor:
-    """Static int8 conv: uint8 activation, int8 weight [out, in / groups, kh, kw] per output channel."""
+               groups: int, relu: bool, y_scale: torch.Tensor | None = None,
+               y_zp: torch.Tensor | None = None) -> torch.Tensor:
+    """Static int8 conv: uint8 activation, int8 weight [out, in / groups, kh, kw] per output channel; with
+    ``y_scale``/``y_zp`` the output is quantized to uint8 too."""
     w = qweight.float() * w_scale[:, None, None, None]
     out = F.conv2d(_fake_uint8(x, x_scale, x_zp), w, _bias(bias_q, bias_scale), stride, padding, dilation, groups)
-    return out.relu() if relu else out
+    return _output(out, relu, y_scale, y_zp)
 
 
 @qdq_conv2d.register_fake
-def _(x, qweight, w_scale, w_zp, x_scale, x_zp, bias_q, bias_scale, stride, padding, dilation, groups, relu):
+def _(x, qweight, w_scale, w_zp, x_scale, x_zp, bias_q, bias_scale, stride, padding, dilation, groups, relu,
+      y_scale=None, y_zp=None):
     kh, kw = qweight.shape[2:]
     h = (x.shape[2] + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
     w = (x.shape[3] + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
@@ -138,25 +148,31 @@ def _qdq_bias(bias_q, bias_scale):
     return op.DequantizeLinear(bias_q, bias_scale, axis=0)  # int32, zero point 0
 
 
-def qdq_linear_onnx(x, qweight, w_scale, w_zp, x_scale, x_zp, bias_q, bias_scale, relu: bool):
+def _qdq_output(out, relu: bool, y_scale, y_zp):
+    out = op.Relu(out) if relu else out
+    return out if y_scale is None else _qdq_input(out, y_scale, y_zp)
+
+
+def qdq_linear_onnx(x, qweight, w_scale, w_zp, x_scale, x_zp, bias_q, bias_scale, relu: bool, y_scale=None,
+                    y_zp=None):
     """QuantizeLinear/DequantizeLinear around a Gemm (ONNX Runtime: QGemm)."""
     w = op.DequantizeLinear(qweight, w_scale, w_zp, axis=0)
     b = _qdq_bias(bias_q, bias_scale)
     out = op.Gemm(_qdq_input(x, x_scale, x_zp), w, b, transB=1) if b is not None else op.Gemm(
         _qdq_input(x, x_scale, x_zp), w, transB=1)
-    return op.Relu(out) if relu else out
+    return _qdq_output(out, relu, y_scale, y_zp)
 
 
 def qdq_conv2d_onnx(x, qweight, w_scale, w_zp, x_scale, x_zp, bias_q, bias_scale, stride, padding, dilation,
-                    groups: int, relu: bool):
-    """QuantizeLinear/DequantizeLinear around a Conv (ONNX Runtime: QLinearConv)."""
+                    groups: int, relu: bool, y_scale=None, y_zp=None):
+    """QuantizeLinear/DequantizeLinear around a Conv (ONNX Runtime: QLinearConv when the output is quantized)."""
     w = op.DequantizeLinear(qweight, w_scale, w_zp, axis=0)
     args = [_qdq_input(x, x_scale, x_zp), w]
     b = _qdq_bias(bias_q, bias_scale)
     if b is not None:
         args.append(b)
     out = op.Conv(*args, strides=list(stride), pads=list(padding) * 2, dilations=list(dilation), group=groups)
-    return op.Relu(out) if relu else out
+    return _qdq_output(out, relu, y_scale, y_zp)
 
 
 def dynamic_linear_onnx(x, qweight_t, w_scale, w_zp, bias, per_token: bool):

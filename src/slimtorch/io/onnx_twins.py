@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from slimtorch.data import call, iter_inputs
+from slimtorch.errors import DataError
 from slimtorch.io import onnx_ops  # noqa: F401  (registers the torch.ops.slimtorch_export ops)
 from slimtorch.prune.sparse_linear import SparseLinear
 from slimtorch.quant.binary_modules import BinaryConv2d, BinaryLinear
 from slimtorch.quant.modules import QuantConv2d, QuantLinear
+from slimtorch.quant.qparams import choose_qparams
 
 #: block sizes ONNX Runtime's MatMulNBits accepts (a power of two, at least 16)
 NBITS_BLOCKS = (16, 32, 64, 128, 256, 512, 1024, 2048)
@@ -26,7 +30,8 @@ NBITS_BLOCKS = (16, 32, 64, 128, 256, 512, 1024, 2048)
 ops = torch.ops.slimtorch_export
 
 
-def _static_buffers(twin: nn.Module, layer: QuantLinear | QuantConv2d) -> None:
+def _static_buffers(twin: nn.Module, layer: QuantLinear | QuantConv2d,
+                    output_qparams: tuple[torch.Tensor, torch.Tensor] | None) -> None:
     """int8 weight with int8 zero points, uint8 input zero point, bias as int32 on the scale x_scale * w_scale
     (the form ONNX Runtime's QDQ fusion expects; the bias rounding error is below half of that scale)."""
     twin.register_buffer("qweight", layer.qweight.detach().to(torch.int8).clone())
@@ -34,6 +39,8 @@ def _static_buffers(twin: nn.Module, layer: QuantLinear | QuantConv2d) -> None:
     twin.register_buffer("w_zp", torch.zeros_like(layer.weight_scale, dtype=torch.int8))
     twin.register_buffer("x_scale", layer.input_scale.detach().float().reshape(()).clone())
     twin.register_buffer("x_zp", layer.input_zero_point.detach().reshape(()).to(torch.uint8).clone())
+    twin.register_buffer("y_scale", None if output_qparams is None else output_qparams[0].float().reshape(()))
+    twin.register_buffer("y_zp", None if output_qparams is None else output_qparams[1].to(torch.uint8).reshape(()))
     if layer.bias is None:
         twin.bias_q = twin.bias_scale = None
         return
@@ -47,29 +54,30 @@ def _static_buffers(twin: nn.Module, layer: QuantLinear | QuantConv2d) -> None:
 class QDQLinear(nn.Module):
     """Static int8 Linear as QuantizeLinear/DequantizeLinear + Gemm."""
 
-    def __init__(self, layer: QuantLinear) -> None:
+    def __init__(self, layer: QuantLinear, output_qparams: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         super().__init__()
         self.in_features, self.out_features, self.relu = layer.in_features, layer.out_features, layer.relu
-        _static_buffers(self, layer)
+        _static_buffers(self, layer, output_qparams)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = ops.qdq_linear(x.reshape(-1, self.in_features), self.qweight, self.w_scale, self.w_zp, self.x_scale,
-                           self.x_zp, self.bias_q, self.bias_scale, self.relu)
+                           self.x_zp, self.bias_q, self.bias_scale, self.relu, self.y_scale, self.y_zp)
         return y.reshape(*x.shape[:-1], self.out_features)
 
 
 class QDQConv2d(nn.Module):
     """Static int8 Conv2d as QuantizeLinear/DequantizeLinear + Conv."""
 
-    def __init__(self, layer: QuantConv2d) -> None:
+    def __init__(self, layer: QuantConv2d, output_qparams: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         super().__init__()
         self.stride, self.padding, self.dilation = list(layer.stride), list(layer.padding), list(layer.dilation)
         self.groups, self.relu = layer.groups, layer.relu
-        _static_buffers(self, layer)
+        _static_buffers(self, layer, output_qparams)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ops.qdq_conv2d(x, self.qweight, self.w_scale, self.w_zp, self.x_scale, self.x_zp, self.bias_q,
-                              self.bias_scale, self.stride, self.padding, self.dilation, self.groups, self.relu)
+                              self.bias_scale, self.stride, self.padding, self.dilation, self.groups, self.relu,
+                              self.y_scale, self.y_zp)
 
 
 class DynamicLinear(nn.Module):
@@ -156,13 +164,18 @@ def dense_linear(layer: SparseLinear) -> nn.Linear:
     return out
 
 
-def twin_for(module: nn.Module) -> nn.Module | None:
-    """The export twin of ``module``, or None where the module exports as it is."""
+def twin_for(module: nn.Module, output_qparams: tuple[torch.Tensor, torch.Tensor] | None = None) -> nn.Module | None:
+    """The export twin of ``module``, or None where the module exports as it is.
+
+    Args:
+        module: a layer.
+        output_qparams: for a static int8 layer, ``(scale, zero_point)`` to quantize its output with (uint8).
+    """
     if isinstance(module, QuantConv2d):
-        return QDQConv2d(module)
+        return QDQConv2d(module, output_qparams)
     if isinstance(module, QuantLinear):
         if module.mode == "static":
-            return QDQLinear(module)
+            return QDQLinear(module, output_qparams)
         if module.mode == "dynamic":
             return DynamicLinear(module)
         if (module.bits == 4 and module.group_size in NBITS_BLOCKS and module.in_features % module.group_size == 0):
@@ -180,10 +193,49 @@ def _set(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
+def calibrate_outputs(model: nn.Module, data: Any, num_batches: int = 8) -> dict[str, tuple[torch.Tensor, ...]]:
+    """uint8 ``(scale, zero_point)`` of the output range of every static int8 layer, seen on ``data``.
+
+    Raises:
+        DataError: ``data`` yields no batch.
+    """
+    names = [n for n, m in model.named_modules() if isinstance(m, QuantConv2d | QuantLinear) and m.mode == "static"]
+    lo: dict[str, torch.Tensor] = {}
+    hi: dict[str, torch.Tensor] = {}
+
+    def observe(name: str, out: torch.Tensor) -> None:
+        a, b = torch.aminmax(out.detach().float())
+        lo[name] = torch.minimum(lo.get(name, a), a)
+        hi[name] = torch.maximum(hi.get(name, b), b)
+
+    hooks = [model.get_submodule(n).register_forward_hook(lambda _m, _a, out, n=n: observe(n, out)) for n in names]
+    was_training, seen = model.training, 0
+    model.eval()
+    try:
+        with torch.no_grad():
+            for inputs in iter_inputs(data, num_batches, split="calibration" if hasattr(data, "calibration")
+                                      else "train"):
+                call(model, inputs)
+                seen += 1
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    if not seen:
+        raise DataError("calibration data for the int8 outputs yielded no batch; pass a loader or a list of batches")
+    return {n: choose_qparams(lo[n], hi[n], bits=8, symmetric=False, signed=False) for n in names if n in lo}
+
+
 @contextlib.contextmanager
-def export_twins(model: nn.Module) -> Iterator[tuple[nn.Module, dict[str, str]]]:
+def export_twins(model: nn.Module, output_qparams: dict[str, tuple[torch.Tensor, ...]] | None = None
+                 ) -> Iterator[tuple[nn.Module, dict[str, str]]]:
     """Within the block, every compressed layer of ``model`` is replaced by its export twin (in eval mode);
     afterwards the originals and the training flag are restored, even on error.
+
+    Args:
+        model: the model.
+        output_qparams: layer name -> output ``(scale, zero_point)`` for static int8 layers (see
+            :func:`calibrate_outputs`); those layers' outputs are quantized in the export.
 
     Yields:
         ``(module to export, {layer name: twin class name})``; the module is ``model`` itself unless ``model``
@@ -191,13 +243,14 @@ def export_twins(model: nn.Module) -> Iterator[tuple[nn.Module, dict[str, str]]]
     """
     was_training = model.training
     swapped: list[tuple[str, nn.Module]] = []
-    top = twin_for(model)
+    qparams = output_qparams or {}
+    top = twin_for(model, qparams.get(""))
     try:
         if top is None:
             for name, module in list(model.named_modules()):
                 if not name or any(name.startswith(done + ".") for done, _ in swapped):
                     continue
-                twin = twin_for(module)
+                twin = twin_for(module, qparams.get(name))
                 if twin is not None:
                     _set(model, name, twin)
                     swapped.append((name, module))
