@@ -12,6 +12,7 @@ sparse kernel won by ``min_speedup``.
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -124,6 +125,11 @@ def time_layer(linear: nn.Linear, x: torch.Tensor, *, rounds: int = 5, round_sec
     return {"dense_ms": timings["dense"].median_ms, "sparse_ms": timings["sparse"].median_ms}
 
 
+def _swap(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
 def use_sparse_kernels(
     model: nn.Module,
     example_inputs: Any,
@@ -134,15 +140,20 @@ def use_sparse_kernels(
 ) -> dict[str, dict[str, Any]]:
     """Replace pruned ``nn.Linear`` layers by :class:`SparseLinear` where the sparse kernel measured faster.
 
+    Each candidate layer is timed alone (dense vs CSR on its real input); then the whole model with the
+    winning layers switched is timed against the dense model, and every switch is undone unless the whole
+    model is at least ``min_speedup`` faster too (per-layer timings on a loaded machine can mislead).
+
     Args:
         model: the model (changed in place); masks must already be folded (``make_permanent``).
         example_inputs: inputs of the batch size the model will serve; each layer is timed on its real input.
         layers: names of the Linear layers to consider (None: every Linear).
         min_sparsity: layers with fewer zeros (fraction 0-1) are not tried.
-        min_speedup: dense time / sparse time a layer must reach to be switched.
+        min_speedup: dense time / sparse time a layer, and then the whole model, must reach.
 
     Returns:
-        Layer name -> ``{"sparsity", "dense_ms", "sparse_ms", "speedup", "switched"}`` for every layer tried.
+        Layer name -> ``{"sparsity", "dense_ms", "sparse_ms", "speedup", "switched"}`` for every layer tried,
+        plus ``"model"`` -> ``{"dense_ms", "sparse_ms", "speedup", "switched"}`` when a layer won alone.
 
     Raises:
         ConfigError: no example inputs.
@@ -153,18 +164,34 @@ def use_sparse_kernels(
     zeros = {n: float((model.get_submodule(n).weight == 0).float().mean()) for n in names}
     names = [n for n in names if zeros[n] >= min_sparsity]
     inputs = _layer_inputs(model, example_inputs, names)
-    results = {}
+    results: dict[str, dict[str, Any]] = {}
+    winners: dict[str, nn.Linear] = {}
     for name in names:
         if name not in inputs or inputs[name].device.type != "cpu":
             continue
         linear = model.get_submodule(name)
         timing = time_layer(linear, inputs[name])
         speedup = timing["dense_ms"] / max(timing["sparse_ms"], 1e-9)
-        switched = speedup >= min_speedup
-        if switched:
-            parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, child, SparseLinear.from_linear(linear))
-        results[name] = {"sparsity": zeros[name], **timing, "speedup": speedup, "switched": switched}
-        logger.info("layer %s at %.0f%% sparsity: dense %.3f ms, CSR %.3f ms -> %s", name, 100 * zeros[name],
-                    timing["dense_ms"], timing["sparse_ms"], "sparse" if switched else "dense")
+        results[name] = {"sparsity": zeros[name], **timing, "speedup": speedup, "switched": speedup >= min_speedup}
+        if results[name]["switched"]:
+            winners[name] = linear
+    if winners:
+        dense = copy.deepcopy(model)
+        for name, linear in winners.items():
+            _swap(model, name, SparseLinear.from_linear(linear))
+        timings = time_interleaved({"dense": lambda: call(dense, example_inputs),
+                                    "sparse": lambda: call(model, example_inputs)}, rounds=5, round_seconds=0.1)
+        whole = timings["dense"].median_ms / max(timings["sparse"].median_ms, 1e-9)
+        keep = whole >= min_speedup
+        results["model"] = {"dense_ms": timings["dense"].median_ms, "sparse_ms": timings["sparse"].median_ms,
+                            "speedup": whole, "switched": keep}
+        if not keep:
+            for name, linear in winners.items():
+                _swap(model, name, linear)
+                results[name]["switched"] = False
+    for name in names:
+        if name in results:
+            r = results[name]
+            logger.info("layer %s at %.0f%% sparsity: dense %.3f ms, CSR %.3f ms -> %s", name, 100 * r["sparsity"],
+                        r["dense_ms"], r["sparse_ms"], "sparse" if r["switched"] else "dense")
     return results
