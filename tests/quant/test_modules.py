@@ -47,6 +47,19 @@ def test_linear_kernel_matches_reference(mode, bits, group, rows):
     assert torch.nn.functional.cosine_similarity(out.flatten(), lin(x).detach().flatten(), 0) > 0.98
 
 
+@pytest.mark.parametrize("rows", [1, 33])
+def test_per_row_dynamic_kernels_both_equal_reference(rows):
+    lin = nn.Linear(96, 40, bias=False)
+    q = quant_linear(lin, mode="dynamic")
+    x = torch.randn(rows, 96) * 3
+    ref = q.reference(x)
+    packed = torch.ops.onednn.qlinear_prepack(q.int_weight(), None)
+    via_int_mm = kernels.int_mm_rows(x, q.int_weight().t().contiguous(), q.weight_scale)
+    via_onednn = kernels.onednn_rows(x, packed, q.weight_scale)
+    for out in (via_int_mm, via_onednn):
+        assert torch.allclose(out, ref, atol=1e-5 * ref.abs().max(), rtol=1e-5)
+
+
 def test_int4_is_packed_and_round_trips_through_save(tmp_path):
     model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 16))
     st.quantize(model, st.WeightOnlyQuant(bits=4, group_size=32))

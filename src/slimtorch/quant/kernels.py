@@ -3,8 +3,10 @@
 - ``qconv2d`` / ``qlinear_static``: oneDNN ``onednn.qconv2d_pointwise`` / ``onednn.qlinear_pointwise`` on a
   uint8 activation (per-tensor scale and zero point) and an int8 per-channel symmetric weight, float32 out,
   optional fused ReLU.
-- ``int_mm_rows``: activations quantized per row (token) at run time, then ``torch._int_mm`` (int8 x int8
-  -> int32, exact); ``onednn_dynamic``: one asymmetric uint8 scale per call, then oneDNN.
+- ``int_mm_rows`` / ``onednn_rows``: activations quantized per row (token) at run time, then ``torch._int_mm``
+  (int8 x int8 -> int32, exact) or oneDNN (the int8 rows shifted to uint8 with zero point 128 and scale 1, the
+  row scales applied to the float output: the same numbers); the faster one per shape is kept.
+  ``onednn_dynamic``: one asymmetric uint8 scale per call, then oneDNN.
 - weight-only (in ``QuantLinear``): ``aten._weight_int8pack_mm`` (int8) and ``aten._weight_int4pack_mm_for_cpu``
   (int4) raced by :func:`fastest` against dequantize-then-matmul; the faster one per shape is kept.
 
@@ -103,6 +105,21 @@ def int_mm_rows(x2: torch.Tensor, qweight_t: torch.Tensor, w_scale: torch.Tensor
     """Per-row dynamic int8 product through ``torch._int_mm``: x2 [M, K] float, qweight_t int8 [K, N]."""
     qx, sx = quantize_rows(x2)
     return torch._int_mm(qx, qweight_t).float().mul_(sx).mul_(w_scale)
+
+
+def onednn_rows(x2: torch.Tensor, packed: torch.Tensor, w_scale: torch.Tensor) -> torch.Tensor:
+    """Per-row dynamic int8 product through oneDNN, equal to :func:`int_mm_rows` up to float rounding.
+
+    The int8 rows become uint8 with zero point 128 and scale 1, so oneDNN's integer accumulation is the exact
+    ``sum(q_x * q_w)``; the per-row scales multiply the float output.
+    """
+    qx, sx = quantize_rows(x2)
+    qx = qx.view(torch.uint8).bitwise_xor_(0x80)  # two's complement q -> q + 128 as uint8, no widening
+    zeros = torch.zeros(w_scale.numel(), dtype=torch.int64)
+    out = torch.ops.onednn.qlinear_pointwise(
+        qx, 1.0, 128, packed, w_scale, zeros, None, 1.0, 0, torch.float32, "none", [], "",
+    )
+    return out.mul_(sx)
 
 
 def tensor_qparams(x: torch.Tensor) -> tuple[float, int]:

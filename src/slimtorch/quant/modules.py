@@ -142,7 +142,14 @@ class QuantLinear(_QuantBase):
             return kernels.onednn_dynamic(x2, self._cache["packed"], self.weight_scale)
         if "wt" not in self._cache:
             self._cache["wt"] = self.int_weight().t().contiguous()  # [in, out] for _int_mm
-        return kernels.int_mm_rows(x2, self._cache["wt"], self.weight_scale)
+            self._cache["packed"] = torch.ops.onednn.qlinear_prepack(self.int_weight(), None)
+        candidates = {
+            "int_mm_rows": lambda: kernels.int_mm_rows(x2, self._cache["wt"], self.weight_scale),
+            "onednn_rows": lambda: kernels.onednn_rows(x2, self._cache["packed"], self.weight_scale),
+        }
+        # rows bucketed to a power of two: token counts vary call to call, the best kernel rarely does
+        key = ("dynamic_rows", self.in_features, self.out_features, 1 << max(x2.shape[0] - 1, 0).bit_length())
+        return candidates[kernels.fastest(key, candidates)]()
 
     def _weight_only(self, x2: torch.Tensor) -> torch.Tensor:
         m = x2.shape[0]
