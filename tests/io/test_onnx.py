@@ -179,3 +179,16 @@ def test_int8_outputs_run_as_integer_convolutions(digits_cnn, tmp_path):
     report = st.check_agreement(q, path, data)
     assert report.kind == "int8" and report.cosine > 0.99 and report.top1_agreement >= 0.99
     assert data.evaluate(OnnxModule(path)) >= data.evaluate(q) - 2 / 359
+
+
+class ExportsDifferently(nn.Module):
+    """Computes something else while being exported, so the file disagrees with the eager model."""
+
+    def forward(self, x):
+        return x + 1.0 if torch.compiler.is_exporting() else x
+
+
+def test_failed_check_writes_nothing(tmp_path):
+    with pytest.raises(st.UnsupportedModelError, match="DISAGREE"):
+        st.export_onnx(ExportsDifferently(), torch.randn(2, 3), tmp_path / "c.onnx")
+    assert list(tmp_path.iterdir()) == []

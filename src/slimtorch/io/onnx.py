@@ -24,7 +24,7 @@ from torch import nn
 from slimtorch._log import logger
 from slimtorch.data import first_tensor
 from slimtorch.errors import ConfigError, DataError, UnsupportedModelError
-from slimtorch.io.atomic import write_bytes
+from slimtorch.io.atomic import temporary_sibling, write_bytes
 
 
 def _as_args(example_inputs: Any) -> tuple[tuple, dict]:
@@ -191,7 +191,7 @@ def export_onnx(
 
     Raises:
         UnsupportedModelError: a layer or operator cannot be exported (the message names both), or the
-            exported file disagrees with the model.
+            exported file disagrees with the model (then nothing is written).
         DataError: ``example_inputs`` are not tensors the model accepts.
 
     Example:
@@ -244,11 +244,18 @@ def export_onnx(
 
         logger.info("export_onnx: %d int8 layer pairs share one activation grid", share_grids(proto))
     data = proto.SerializeToString()
-    write_bytes(path, data)
-    logger.info("export_onnx: wrote %s (%.1f kB)", path, len(data) / 1e3)
-    if check:
+    if not check:
+        write_bytes(path, data)
+    else:  # checked before it takes the final name: a file that disagrees never lands at ``path``
         from slimtorch.io.onnx_check import check_agreement
 
-        report = check_agreement(model, path, check_inputs if check_inputs is not None else example_inputs)
+        tmp = temporary_sibling(path)
+        try:
+            tmp.write_bytes(data)
+            report = check_agreement(model, tmp, check_inputs if check_inputs is not None else example_inputs)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
         logger.info("export_onnx: %s", report.summary())
+    logger.info("export_onnx: wrote %s (%.1f kB)", path, len(data) / 1e3)
     return path
