@@ -41,22 +41,32 @@ def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
 def test_consumer_reads_the_producer_grid():
     model = _chain()
     assert share_grids(model) == 1
-    q_b = model.graph.node[2]
-    assert list(q_b.input[1:]) == ["sa", "za"] and list(model.graph.node[3].input[1:]) == ["sa", "za"]
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("QuantizeLinear") == 1 and ops.count("DequantizeLinear") == 3  # Q_b, DQ_b gone
+    gemm = next(n for n in model.graph.node if n.op_type == "Gemm")
+    assert gemm.input[0] == "da"
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    bias_dq = model.graph.node[5]
+    assert {"sb", "zb", "bq", "bs"}.isdisjoint(inits)  # unused initializers removed
+    bias_dq = next(n for n in model.graph.node if n.output[0] == "bd")
     np.testing.assert_allclose(inits[bias_dq.input[1]], 0.05 * np.full(3, 0.01), rtol=1e-6)
     # the bias is unchanged up to half a step of the new scale
     np.testing.assert_allclose(inits[bias_dq.input[0]] * inits[bias_dq.input[1]], [0.5, -0.25, 0.125], atol=2.5e-4)
     # the output is the product on the a-grid: x rounded once, to multiples of 0.05
     x = np.array([[0.12, 0.5, 0.0, 1.01], [0.3, 0.26, 0.07, 0.9]], np.float32)
     xa = np.clip(np.round(x / 0.05), 0, 255) * 0.05
-    w = numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == "w")) * 0.01
+    w = inits["w"] * 0.01
     np.testing.assert_allclose(_run(model, x), xa @ w.T + [0.5, -0.25, 0.125], atol=1e-3)
 
 
-def test_shared_producer_is_left_alone():
+def test_shared_producer_is_still_read_once():
     model = _chain()
-    model.graph.output.append(helper.make_tensor_value_info("da", TensorProto.FLOAT, [2, 4]))
-    model.graph.node.append(helper.make_node("Relu", ["da"], ["other"]))
+    model.graph.node.append(helper.make_node("Relu", ["da"], ["other"]))  # DQ_a also feeds a residual path
+    model.graph.output.append(helper.make_tensor_value_info("other", TensorProto.FLOAT, [2, 4]))
+    assert share_grids(model) == 1
+
+
+def test_non_layer_consumer_is_left_alone():
+    model = _chain()
+    model.graph.node.append(helper.make_node("Relu", ["db"], ["other"]))  # DQ_b read by something else
+    model.graph.output.append(helper.make_tensor_value_info("other", TensorProto.FLOAT, [2, 4]))
     assert share_grids(model) == 0

@@ -1,10 +1,10 @@
 """One rounding instead of two between int8 layers of an exported graph.
 
 With ``int8_outputs``, a static layer's output is quantized (``Q_a -> DQ_a``) and the next static layer
-quantizes it again on its own input grid (``Q_b -> DQ_b``). Where ``DQ_a`` feeds only ``Q_b``, the second
-rounding only loses precision and stops ONNX Runtime from fusing the pair away, so :func:`share_grids` makes the
-consumer read the producer's grid: ``Q_b``/``DQ_b`` take ``Q_a``'s scale and zero point (ONNX Runtime then drops
-the now redundant pair), and the consumer's int32 bias is re-expressed on the new ``x_scale * w_scale``.
+quantizes it again on its own input grid (``Q_b -> DQ_b``). The second rounding only loses precision and costs
+two element-wise passes, so :func:`share_grids` makes the consumer read the producer's grid: ``Q_b`` and
+``DQ_b`` are dropped, the consumer reads ``DQ_a`` (which may feed other nodes too, e.g. a residual add), and its
+int32 bias is re-expressed on the new ``x_scale * w_scale``. Initializers left unused are removed.
 """
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ import numpy as np
 
 
 def share_grids(model: Any) -> int:
-    """Rewrite ``model`` (an ``onnx.ModelProto``) in place as described above; returns the pairs rewritten."""
-
+    """Rewrite ``model`` (an ``onnx.ModelProto``) in place as described above; returns the pairs removed."""
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
     producer = {o: n for n in graph.node for o in n.output}
@@ -24,28 +23,29 @@ def share_grids(model: Any) -> int:
     for n in graph.node:
         for name in n.input:
             consumers.setdefault(name, []).append(n)
-
-    def only(name: str, op_type: str):
-        users = consumers.get(name, [])
-        return users[0] if len(users) == 1 and users[0].op_type == op_type else None
-
-    rewritten = 0
+    outputs = {o.name for o in graph.output}
+    dropped = []
     for q_b in [n for n in graph.node if n.op_type == "QuantizeLinear"]:
         dq_a = producer.get(q_b.input[0])
-        if dq_a is None or dq_a.op_type != "DequantizeLinear" or only(dq_a.output[0], "QuantizeLinear") is None:
+        q_a = producer.get(dq_a.input[0]) if dq_a is not None and dq_a.op_type == "DequantizeLinear" else None
+        users = consumers.get(q_b.output[0], [])
+        if q_a is None or q_a.op_type != "QuantizeLinear" or len(q_a.input) < 3 or len(users) != 1:
             continue
-        q_a = producer.get(dq_a.input[0])
-        dq_b = only(q_b.output[0], "DequantizeLinear")
-        if q_a is None or q_a.op_type != "QuantizeLinear" or dq_b is None or len(q_a.input) < 3:
+        dq_b = users[0]
+        layers = consumers.get(dq_b.output[0], [])
+        if (dq_b.op_type != "DequantizeLinear" or dq_b.output[0] in outputs or not layers
+                or any(c.op_type not in ("Conv", "Gemm") or list(c.input).index(dq_b.output[0]) != 0 for c in layers)
+                or not all(_bias_on(graph, layer, q_a.input[1], producer, inits) for layer in layers)):
             continue
-        layers = [c for c in consumers.get(dq_b.output[0], []) if c.op_type in ("Conv", "Gemm")]
-        if len(layers) != len(consumers.get(dq_b.output[0], [])) or not all(
-                _bias_on(graph, layer, q_a.input[1], producer, inits) for layer in layers):
-            continue
-        for node in (q_b, dq_b):
-            node.input[1], node.input[2] = q_a.input[1], q_a.input[2]
-        rewritten += 1
-    return rewritten
+        for layer in layers:
+            layer.input[0] = dq_a.output[0]
+        dropped += [q_b, dq_b]
+    for node in dropped:
+        graph.node.remove(node)
+    used = {name for n in graph.node for name in n.input}
+    for init in [i for i in graph.initializer if i.name not in used]:
+        graph.initializer.remove(init)
+    return len(dropped) // 2
 
 
 def _bias_on(graph: Any, layer: Any, x_scale_name: str, producer: dict, inits: dict) -> bool:
