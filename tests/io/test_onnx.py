@@ -192,3 +192,26 @@ def test_failed_check_writes_nothing(tmp_path):
     with pytest.raises(st.UnsupportedModelError, match="DISAGREE"):
         st.export_onnx(ExportsDifferently(), torch.randn(2, 3), tmp_path / "c.onnx")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_transformer_encoder_float_and_head_pruned(tmp_path):
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(32, 4, 64, batch_first=True, dropout=0.0)
+    model = nn.Sequential(nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)).eval()
+    x = torch.randn(2, 6, 32)
+    pruned = copy.deepcopy(model)
+    st.prune(pruned, st.StructuredPruning(ratio=0.5), example_inputs=x)
+    for name, m in (("float", model), ("pruned", pruned)):
+        path = st.export_onnx(m, x, tmp_path / f"{name}.onnx", check_inputs=torch.randn(5, 6, 32))
+        assert st.check_agreement(m, path, torch.randn(3, 6, 32)).max_rel_error < 1e-5
+    assert (tmp_path / "pruned.onnx").stat().st_size < (tmp_path / "float.onnx").stat().st_size
+
+
+@pytest.mark.slow
+def test_tucker_cnn_exports(digits_cnn, tmp_path):
+    model, data = digits_cnn
+    m = copy.deepcopy(model)
+    st.decompose(m, st.LowRank(rank_ratio=0.5), example_inputs=data.example_inputs(2))
+    assert any(isinstance(x, st.Tucker2Conv2d) for x in m.modules())
+    path = st.export_onnx(m, data.example_inputs(1), tmp_path / "tucker.onnx", check_inputs=data)
+    assert st.check_agreement(m, path, data).passed

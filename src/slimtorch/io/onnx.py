@@ -223,7 +223,8 @@ def export_onnx(
             first_tensor(target(*args, **kwargs))
         except Exception as err:
             raise DataError(f"the model failed on the example inputs ({type(err).__name__}: {err}); pass "
-                            "inputs of the shape the model expects") from err
+                            "inputs of the shape the model expects, and check that the model runs in PyTorch "
+                            "on them") from err
         try:
             program = _capture(target, *_batched(args, kwargs), dynamic=True) if dynamic_batch else None
         except _CaptureError as err:
