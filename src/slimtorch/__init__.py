@@ -26,6 +26,7 @@ from slimtorch.prune.semistructured import NMPruning  # noqa: E402
 from slimtorch.prune.schedule import GradualPruning, IterativePruning  # noqa: E402
 from slimtorch.prune.masks import make_permanent  # noqa: E402
 from slimtorch.prune.sparse_linear import SparseLinear  # noqa: E402
+from slimtorch.prune.nm_linear import NMSparseLinear, use_nm_kernels  # noqa: E402
 from slimtorch.prune.layers import LayerPruning  # noqa: E402
 from slimtorch.quant.binary import Binarize, Ternarize  # noqa: E402
 from slimtorch.quant.ptq import DynamicQuant, StaticQuant, WeightOnlyQuant  # noqa: E402
@@ -49,6 +50,8 @@ __all__ = [
     "GradualPruning",
     "IterativePruning",
     "NMPruning",
+    "NMSparseLinear",
+    "use_nm_kernels",
     "SparseLinear",
     "UnstructuredPruning",
     "make_permanent",
