@@ -235,8 +235,8 @@ def measure_onnx(
     module.session.run(None, feed)
     peak = max(_rss_bytes() - rss_before, 0)
     timing = time_fn(lambda: module.session.run(None, feed), warmup=warmup, repeats=repeats, max_seconds=max_seconds)
-    graph = onnx.load(str(path), load_external_data=False)
-    params, nonzero = onnx_param_counts(onnx.load(str(path)))
+    graph = onnx.load(str(path))
+    params, nonzero = onnx_param_counts(graph)
     macs = onnx_macs(graph, feed)
     size = path.stat().st_size + sum(p.stat().st_size for p in path.parent.glob(path.name + ".data"))
     accuracy = float(eval_fn(module)) if eval_fn is not None else None
