@@ -120,3 +120,14 @@ def test_compress_runs_a_decompose_then_finetune_recipe(digits_mlp):
     st.compress(model, recipe, data=data, eval_fn=data.evaluate)
     assert isinstance(model.fc2, st.LowRankLinear) and model.fc2.rank == 128
     assert data.evaluate(model) > 0.95
+
+
+def test_select_restricts_the_layers_and_method_svd_applies_to_convolutions():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1),
+                          nn.Flatten(), nn.Linear(32 * 4 * 4, 10)).eval()
+    st.decompose(model, st.LowRank(rank=8, method="svd"), select=["2"])
+    assert isinstance(model[0], nn.Conv2d) and isinstance(model[2], st.LowRankConv2d)
+    assert model[2].first.kernel_size == (3, 3) and model[2].second.kernel_size == (1, 1)
+    with pytest.raises(st.ConfigError, match="matched no layer"):
+        st.decompose(model, st.LowRank(rank=8), select=["nope*"])

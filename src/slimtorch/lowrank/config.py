@@ -38,6 +38,13 @@ class LowRank(Config):
         exclude: patterns of layers to leave alone (see ``slimtorch.select``).
         finetune_epochs: fine-tune the factors afterwards with distillation from the original (0: no).
         finetune_lr: learning rate of that fine-tuning.
+
+    Example:
+        >>> import slimtorch as st
+        >>> model, data = st.zoo.load("digits-mlp")
+        >>> _ = st.decompose(model, st.LowRank(target=2.0, target_scope="layers"), data=data)
+        >>> [r["name"] for r in model.slimtorch_lowrank if r["status"] == "decomposed"]
+        ['fc2']
     """
 
     rank: int | None = None
