@@ -19,7 +19,7 @@ from slimtorch.config import Config
 from slimtorch.data import iter_inputs
 from slimtorch.errors import ArtifactError, DataError
 from slimtorch.measure.layers import layer_table
-from slimtorch.measure.metrics import Metrics, measure
+from slimtorch.measure.metrics import Metrics, measure, retime_side_by_side
 from slimtorch.recipe import Recipe
 
 CHECKPOINTS = "checkpoints"
@@ -179,4 +179,8 @@ def run_recipe(
         record.after = Metrics.from_dict({**last, "label": "after"})
     else:
         record.after = measure(model, example_inputs, eval_fn=eval_fn, label="after")
+    if record.before.runtime == record.after.runtime == "torch":  # the headline ratio: timed together
+        fair = retime_side_by_side({"before": (teacher, record.before), "after": (model, record.after)},
+                                   example_inputs)
+        record.before, record.after = fair["before"], fair["after"]
     return record

@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 import slimtorch as st
-from slimtorch.measure.latency import time_interleaved
+from slimtorch.measure.latency import time_alternating, time_interleaved
+from slimtorch.measure.metrics import retime_side_by_side
 from slimtorch.measure.size import count_params
 
 
@@ -56,6 +57,26 @@ def test_interleaved_timing_ranks_a_slower_function_slower():
     small, big = torch.randn(16, 16), torch.randn(1024, 1024)  # 260,000x the work: robust to a loaded machine
     t = time_interleaved({"small": lambda: small @ small, "big": lambda: big @ big}, rounds=5, round_seconds=0.05)
     assert t["big"].median_ms > t["small"].median_ms
+
+
+def test_alternating_timing_keeps_per_call_samples_and_ranks_work():
+    small, big = torch.randn(16, 16), torch.randn(1024, 1024)
+    t = time_alternating({"small": lambda: small @ small, "big": lambda: big @ big}, blocks=3, repeats=6)
+    assert len(t["small"].samples_ms) == len(t["big"].samples_ms) == 18
+    assert t["big"].median_ms > t["small"].median_ms
+
+
+def test_retime_side_by_side_replaces_only_latency_and_restores_modes():
+    fast, slow = nn.Linear(8, 8), nn.Sequential(*[nn.Linear(512, 512) for _ in range(8)], nn.Linear(512, 8))
+    x8, x512 = torch.randn(4, 8), torch.randn(4, 512)
+    slow.train()
+    m_fast, m_slow = st.measure(fast, x8), st.measure(slow, x512)
+    # one input for both: wrap so each model sees its own width
+    both = {"fast": (nn.Sequential(fast), m_fast), "slow": (nn.Sequential(nn.Linear(8, 512), slow), m_slow)}
+    fair = retime_side_by_side(both, x8)
+    assert fair["slow"].latency_ms > fair["fast"].latency_ms
+    assert fair["fast"].params == m_fast.params and fair["slow"].flops == m_slow.flops
+    assert slow.training and fair["slow"].latency_p90_ms >= fair["slow"].latency_ms
 
 
 def test_compare_ratios_markdown_and_json():

@@ -60,6 +60,23 @@ def test_per_row_dynamic_kernels_both_equal_reference(rows):
         assert torch.allclose(out, ref, atol=1e-5 * ref.abs().max(), rtol=1e-5)
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_quantize_uint8_rounds_half_even_after_the_zero_point(layout):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 5, 7, 9, generator=g) * 4
+    x[0, 0, 0, :6] = torch.tensor([0.5, 1.5, 2.5, -0.5, -1.5, 1e6]) * 0.03  # ties and a clipped value
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    q = kernels.quantize_uint8(x, 0.03, 117)
+    inv = torch.tensor(1 / 0.03, dtype=torch.float32)
+    assert q.dtype == torch.uint8 and q.stride() == x.stride()
+    assert torch.equal(q, torch.clamp(torch.round(x * inv + 117), 0, 255).to(torch.uint8))
+    # rounding after the zero point is added: ties differ from round-then-add by one code, nothing else does
+    round_first = torch.clamp(torch.round(x * inv) + 117, 0, 255).to(torch.uint8)
+    assert (q.int() - round_first.int()).abs().max() <= 1
+    assert torch.equal(q.flatten()[6:], round_first.flatten()[6:])
+
+
 def test_int4_is_packed_and_round_trips_through_save(tmp_path):
     model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 16))
     st.quantize(model, st.WeightOnlyQuant(bits=4, group_size=32))

@@ -78,3 +78,25 @@ def time_interleaved(
                     fn()
                 samples[name].append((time.perf_counter() - start) * 1e3 / calls[name])
     return {name: Timing(s) for name, s in samples.items()}
+
+
+def time_alternating(
+    fns: dict[str, Callable[[], object]], *, blocks: int = 6, repeats: int = 10, warmup: int = 3,
+    max_seconds: float = 10.0,
+) -> dict[str, Timing]:
+    """Per-call times of several contenders, timed in alternating blocks (``repeats`` calls of A, of B, ..., again).
+
+    Unlike :func:`time_interleaved` (one mean per round), every call is a sample, so medians and p90s keep
+    their per-call meaning while load drift on a shared machine still hits all contenders alike.
+
+    Returns:
+        Contender name -> up to ``blocks * repeats`` per-call samples (ms); a block stops early, after at least 5
+        calls, once its share of ``max_seconds`` is spent.
+    """
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    share = max_seconds / (blocks * max(len(fns), 1))
+    for block in range(blocks):
+        for name, fn in fns.items():
+            timing = time_fn(fn, warmup=warmup if block == 0 else 1, repeats=repeats, max_seconds=share)
+            samples[name] += timing.samples_ms
+    return {name: Timing(s) for name, s in samples.items()}

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -25,13 +29,29 @@ def activation_peak_bytes(model: nn.Module, example_inputs: Any) -> int:
     Allocations and frees are read from the PyTorch profiler's memory events in time order; memory an
     operator allocates and frees inside itself (kernel scratch) is not seen.
     """
-    with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        call(model, example_inputs)
+    with torch.inference_mode(), _native_stderr_silenced():
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            call(model, example_inputs)
     live = peak = 0
     for event in sorted(prof.events(), key=lambda e: e.time_range.start):
         live += event.self_cpu_memory_usage
         peak = max(peak, live)
     return peak
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Send file descriptor 2 to /dev/null for the block: the profiler's C++ side prints start/stop lines there."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -12,7 +12,7 @@ from torch import nn
 from slimtorch.data import batch_size, call
 from slimtorch.errors import ConfigError, UnsupportedModelError
 from slimtorch.measure.flops import count_flops
-from slimtorch.measure.latency import time_fn
+from slimtorch.measure.latency import time_alternating, time_fn
 from slimtorch.measure.memory import model_device, peak_memory_bytes
 from slimtorch.measure.size import artifact_bytes, count_params
 
@@ -44,6 +44,38 @@ class Metrics:
         """Rebuild from ``to_dict()`` output (unknown keys ignored)."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in names})
+
+
+def timed_call(model: nn.Module, example_inputs: Any) -> Callable[[], None]:
+    """A zero-argument call of ``model`` on ``example_inputs`` for timing (CUDA models synchronized after it)."""
+    device = model_device(model)
+
+    def forward() -> None:
+        call(model, example_inputs)
+        if device.type == "cuda":  # time the kernels, not their launch
+            torch.cuda.synchronize(device)
+
+    return forward
+
+
+def retime_side_by_side(records: dict[str, tuple[nn.Module, Metrics]], example_inputs: Any) -> dict[str, Metrics]:
+    """Re-time models on the same inputs in alternating blocks and return their records with the new latencies.
+
+    Separate ``measure`` calls minutes apart on a shared machine can differ by 2x from load alone; a before/after
+    ratio is only fair when both are timed together. Each model runs in eval mode (its mode is restored).
+
+    Returns:
+        Name -> a copy of the given ``Metrics`` with ``latency_ms`` (median) and ``latency_p90_ms`` replaced.
+    """
+    modes = {name: model.training for name, (model, _) in records.items()}
+    try:
+        fns = {name: timed_call(model.eval(), example_inputs) for name, (model, _) in records.items()}
+        timings = time_alternating(fns)
+    finally:
+        for name, (model, _) in records.items():
+            model.train(modes[name])
+    return {name: dataclasses.replace(m, latency_ms=timings[name].median_ms, latency_p90_ms=timings[name].p90_ms)
+            for name, (_, m) in records.items()}
 
 
 def measure(
@@ -104,14 +136,7 @@ def measure(
                 "pass inputs of the shape the model expects"
             ) from err
         flops = count_flops(model, example_inputs)
-        device = model_device(model)
-
-        def forward() -> None:
-            call(model, example_inputs)
-            if device.type == "cuda":  # time the kernels, not their launch
-                torch.cuda.synchronize(device)
-
-        timing = time_fn(forward, warmup=warmup, repeats=repeats, max_seconds=max_seconds)
+        timing = time_fn(timed_call(model, example_inputs), warmup=warmup, repeats=repeats, max_seconds=max_seconds)
         peak = peak_memory_bytes(model, example_inputs)
         size = artifact_bytes(model)
         accuracy = float(eval_fn(model)) if eval_fn is not None else None

@@ -15,7 +15,9 @@ Pre-packed weights are caches built on first use; the modules' state stays plain
 
 from __future__ import annotations
 
+import functools
 import time
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -44,9 +46,27 @@ def fastest(key: tuple, candidates: dict[str, Callable[[], torch.Tensor]], reps:
     return _CHOICE[key]
 
 
+# torch 2.13 marks quantized-tensor creation deprecated; ``quantize_uint8`` uses it only as a fused kernel
+warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor.*deprecated", category=UserWarning)
+
+
 def quantize_uint8(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
-    """``clamp(round(x / scale) + zero_point, 0, 255)`` as uint8 (round half to even), layout kept."""
-    return torch.round(x * (1.0 / scale)).add_(zero_point).clamp_(0, 255).to(torch.uint8)
+    """``clamp(round(x * (1 / scale) + zero_point), 0, 255)`` in float32 as a plain uint8 tensor, layout kept.
+
+    One fused pass: ``torch.quantize_per_tensor`` (5-7x faster than separate elementwise operations), whose
+    quint8 storage is then read as uint8 in place (no copy, unlike ``int_repr``). It rounds half to even after
+    adding the zero point, so at exact ties of ``x / scale`` it can differ by one code from rounding first (as
+    ``qparams.quantize`` and ONNX's QuantizeLinear do); everywhere else the two agree.
+    """
+    q = torch.quantize_per_tensor(x, scale, zero_point, torch.quint8)
+    return torch.empty(0, dtype=torch.uint8, device=x.device).set_(
+        q.untyped_storage(), q.storage_offset(), q.size(), q.stride())
+
+
+@functools.cache
+def _zeros(n: int) -> torch.Tensor:
+    """The all-zero int64 weight zero points oneDNN's int8 operators take (weights are symmetric); never written."""
+    return torch.zeros(n, dtype=torch.int64)
 
 
 def qconv2d(
@@ -67,9 +87,8 @@ def qconv2d(
     Returns float32 in channels-last layout (the layout oneDNN prefers; the next layer keeps it).
     """
     qx = quantize_uint8(x.contiguous(memory_format=torch.channels_last), x_scale, x_zero_point)
-    zeros = torch.zeros(w_scale.numel(), dtype=torch.int64)
     return torch.ops.onednn.qconv2d_pointwise(
-        qx, x_scale, x_zero_point, packed, w_scale, zeros, bias, stride, padding, dilation, groups,
+        qx, x_scale, x_zero_point, packed, w_scale, _zeros(w_scale.numel()), bias, stride, padding, dilation, groups,
         1.0, 0, torch.float32, "relu" if relu else "none", [], "",
     )
 
@@ -86,9 +105,8 @@ def qlinear_static(
     """Static int8 linear layer of float ``x`` [..., in] with a weight from ``onednn.qlinear_prepack``."""
     lead = x.shape[:-1]
     qx = quantize_uint8(x.reshape(-1, x.shape[-1]), x_scale, x_zero_point)
-    zeros = torch.zeros(w_scale.numel(), dtype=torch.int64)
     out = torch.ops.onednn.qlinear_pointwise(
-        qx, x_scale, x_zero_point, packed, w_scale, zeros, bias, 1.0, 0, torch.float32,
+        qx, x_scale, x_zero_point, packed, w_scale, _zeros(w_scale.numel()), bias, 1.0, 0, torch.float32,
         "relu" if relu else "none", [], "",
     )
     return out.reshape(*lead, -1)
@@ -116,9 +134,8 @@ def onednn_rows(x2: torch.Tensor, packed: torch.Tensor, w_scale: torch.Tensor) -
     """
     qx, sx = quantize_rows(x2)
     qx = qx.view(torch.uint8).bitwise_xor_(0x80)  # two's complement q -> q + 128 as uint8, no widening
-    zeros = torch.zeros(w_scale.numel(), dtype=torch.int64)
     out = torch.ops.onednn.qlinear_pointwise(
-        qx, 1.0, 128, packed, w_scale, zeros, None, 1.0, 0, torch.float32, "none", [], "",
+        qx, 1.0, 128, packed, w_scale, _zeros(w_scale.numel()), None, 1.0, 0, torch.float32, "none", [], "",
     )
     return out.mul_(sx)
 

@@ -51,6 +51,10 @@ class _QuantBase(nn.Module):
         self._cache = {}
         super()._load_from_state_dict(*args, **kwargs)
 
+    def _input_qparams(self) -> tuple[float, int]:
+        """The static input grid as Python numbers (cached with the packed weight: read once, not per call)."""
+        return float(self.input_scale), int(self.input_zero_point)
+
     def _fake_input(self, x: torch.Tensor) -> torch.Tensor:
         """The float values the static layer's uint8 input represents (reference path)."""
         return fake_quantize(x, self.input_scale, self.input_zero_point, bits=8, signed=False)
@@ -132,8 +136,9 @@ class QuantLinear(_QuantBase):
     def _static(self, x: torch.Tensor) -> torch.Tensor:
         if "packed" not in self._cache:
             self._cache["packed"] = torch.ops.onednn.qlinear_prepack(self.int_weight(), None)
-        return kernels.qlinear_static(x, self._cache["packed"], float(self.input_scale), int(self.input_zero_point),
-                                      self.weight_scale, self.bias, self.relu)
+            self._cache["qparams"] = self._input_qparams()
+        return kernels.qlinear_static(x, self._cache["packed"], *self._cache["qparams"], self.weight_scale, self.bias,
+                                      self.relu)
 
     def _dynamic(self, x2: torch.Tensor) -> torch.Tensor:
         if not self.per_token:
@@ -224,9 +229,9 @@ class QuantConv2d(_QuantBase):
         if not x.is_cpu or x.dtype != torch.float32:
             return self.reference(x).to(x.dtype)
         if "packed" not in self._cache:
+            self._cache["qparams"] = self._input_qparams()
             self._cache["packed"] = torch.ops.onednn.qconv_prepack(
-                self.qweight, self.weight_scale, float(self.input_scale), int(self.input_zero_point),
-                self.stride, self.padding, self.dilation, self.groups, None)
-        return kernels.qconv2d(x, self._cache["packed"], float(self.input_scale), int(self.input_zero_point),
-                               self.weight_scale, self.bias, self.stride, self.padding, self.dilation,
-                               self.groups, self.relu)
+                self.qweight, self.weight_scale, *self._cache["qparams"], self.stride, self.padding, self.dilation,
+                self.groups, None)
+        return kernels.qconv2d(x, self._cache["packed"], *self._cache["qparams"], self.weight_scale, self.bias,
+                               self.stride, self.padding, self.dilation, self.groups, self.relu)
