@@ -54,3 +54,19 @@ def test_stage_that_needs_data_without_data(tmp_path, recipe_file, capsys):
     assert main(["compress", "torch.nn:Identity", "--recipe", str(recipe_file), "-o", str(out)]) == 2
     assert "needs data but none was given" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_static_int8_onnx_export_chains_uint8_outputs(tmp_path, digits_cnn):
+    import onnx
+
+    recipe = tmp_path / "q.yaml"
+    recipe.write_text("stages:\n  - quantize: {method: static, calibration_batches: 2}\nexport: [safetensors, onnx]\n")
+    out = tmp_path / "out"
+    assert main(["--quiet", "compress", "zoo:digits-cnn", "--recipe", str(recipe), "-o", str(out)]) == 0
+    graph = onnx.load(str(out / "model.onnx")).graph
+    producers = {o: n.op_type for n in graph.node for o in n.output}
+    # with int8_outputs, layer outputs are quantized in the graph (QLinearConv/QGemm chains in ONNX Runtime);
+    # without it only layer inputs are (after a Relu, a Reshape or at the graph input)
+    quantized = {producers.get(n.input[0]) for n in graph.node if n.op_type == "QuantizeLinear"}
+    assert {"Conv", "Gemm"} <= quantized
+    assert "onnx" in json.loads((out / "report.json").read_text())["artifacts"]

@@ -61,7 +61,8 @@ def compress_and_report(resolved: Any, recipe: Any, data: Any, out: Path, *, bat
         from slimtorch.io.onnx import export_onnx
 
         onnx_example = example[:1] if isinstance(example, torch.Tensor) else example
-        export_onnx(model, onnx_example, out / "model.onnx")
+        # static int8 layers chain uint8 outputs (QLinearConv/QGemm in ONNX Runtime), calibrated on the data
+        export_onnx(model, onnx_example, out / "model.onnx", int8_outputs=data)
         artifacts["onnx"] = str(out / "model.onnx")
     files = write_report(record, out, title=title, artifacts=artifacts)
     print(_comparison(record))

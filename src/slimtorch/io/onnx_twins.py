@@ -194,12 +194,14 @@ def _set(model: nn.Module, name: str, module: nn.Module) -> None:
 
 
 def calibrate_outputs(model: nn.Module, data: Any, num_batches: int = 8) -> dict[str, tuple[torch.Tensor, ...]]:
-    """uint8 ``(scale, zero_point)`` of the output range of every static int8 layer, seen on ``data``.
+    """uint8 ``(scale, zero_point)`` of the output range of every static int8 layer, seen on ``data`` (none: ``{}``).
 
     Raises:
         DataError: ``data`` yields no batch.
     """
     names = [n for n, m in model.named_modules() if isinstance(m, QuantConv2d | QuantLinear) and m.mode == "static"]
+    if not names:
+        return {}
     lo: dict[str, torch.Tensor] = {}
     hi: dict[str, torch.Tensor] = {}
 
