@@ -22,7 +22,8 @@ def _models(quick: bool):
         torch.nn.Linear(1024, 4096), torch.nn.ReLU(), torch.nn.Linear(4096, 1024)
     ).eval(), torch.randn(32, 1024)
     if not quick:
-        yield "Conv 64->64 3x3 @56x56, batch 8", torch.nn.Conv2d(64, 64, 3, padding=1).eval(), torch.randn(8, 64, 56, 56)
+        conv = torch.nn.Conv2d(64, 64, 3, padding=1).eval()
+        yield "Conv 64->64 3x3 @56x56, batch 8", conv, torch.randn(8, 64, 56, 56)
 
 
 def run(quick: bool) -> dict:
@@ -31,7 +32,7 @@ def run(quick: bool) -> dict:
     for name, model, x in _models(quick):
         ours, theirs = [], []
         for _ in range(rounds):  # alternate the two timers so drift hits both
-            ours.append(time_fn(lambda: model(x), warmup=3, repeats=30).median_ms)
+            ours.append(time_fn(lambda m=model, x=x: m(x), warmup=3, repeats=30).median_ms)
             with torch.inference_mode():
                 timer = Timer("model(x)", globals={"model": model, "x": x}, num_threads=torch.get_num_threads())
                 m = timer.blocked_autorange(min_run_time=0.5)

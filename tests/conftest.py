@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import torch
 
-
 # the architecture-pattern models are shared by tests/scenarios and tests/graph
 sys.path.insert(0, str(Path(__file__).parent / "scenarios"))
 
