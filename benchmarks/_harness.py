@@ -105,3 +105,31 @@ def execute(name: str, run: Callable[[bool], dict[str, Any]], quick: bool) -> di
     write(name, result)
     sys.stdout.write(to_markdown(name, result))
     return result
+
+
+def ort_runner(model: torch.nn.Module, x: torch.Tensor, *, spinning: bool = True,
+               dynamo: bool = True) -> Callable[[], Any]:
+    """A zero-argument call running ``model`` exported to ONNX (in memory) in ONNX Runtime on ``x``.
+
+    Intra-op threads match torch's. ``spinning=False`` keeps ONNX Runtime's idle workers from spinning, for
+    timing it in one round-robin group with PyTorch contenders; ``dynamo=False`` uses the TorchScript exporter.
+    """
+    import io
+    import warnings
+
+    import onnxruntime as ort
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if dynamo:
+            torch.onnx.export(model, (x,), dynamo=True, verbose=False).save(buffer)
+        else:
+            torch.onnx.export(model, (x,), buffer, dynamo=False)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: x.numpy()}
+    return lambda: session.run(None, feed)

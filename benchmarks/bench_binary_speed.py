@@ -9,10 +9,8 @@ binary) and the unpack-per-call GEMM that ``kernel="auto"`` uses for many rows.
 
 from __future__ import annotations
 
-import io
 import os
 import sys
-import warnings
 from pathlib import Path
 
 import torch
@@ -20,24 +18,10 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import main  # noqa: E402
+from _harness import main, ort_runner  # noqa: E402
 
 from slimtorch.measure.latency import time_interleaved  # noqa: E402
 from slimtorch.quant.binary_modules import BinaryConv2d, BinaryLinear  # noqa: E402
-
-
-def _ort(model: nn.Module, x: torch.Tensor):
-    import onnxruntime as ort
-
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (x,), dynamo=True, verbose=False).save(buffer)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
-    feed = {session.get_inputs()[0].name: x.numpy()}
-    return lambda: session.run(None, feed)
 
 
 def _cases(quick: bool):
@@ -72,7 +56,7 @@ def run(quick: bool) -> dict:
             "binary W+A, XNOR-popcount": _packed(layer, "packed", activations=True),
             "binary W, unpack per call + GEMM": _packed(layer, "unpacked"),
         }
-        fns = {"eager fp32": lambda layer=layer, x=x: layer(x), "ORT fp32": _ort(layer, x)}
+        fns = {"eager fp32": lambda layer=layer, x=x: layer(x), "ORT fp32": ort_runner(layer, x)}
         fns.update({k: (lambda m=m, x=x: m(x)) for k, m in variants.items()})
         timings = time_interleaved(fns, rounds=3 if quick else 5, round_seconds=0.2 if quick else 0.3)
         eager, ort = timings["eager fp32"].median_ms, timings["ORT fp32"].median_ms

@@ -7,10 +7,8 @@ process, in eager PyTorch, compiled with inductor freezing (oneDNN fp32) and in 
 from __future__ import annotations
 
 import copy
-import io
 import os
 import sys
-import warnings
 from pathlib import Path
 
 import torch
@@ -18,7 +16,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import main  # noqa: E402
+from _harness import main, ort_runner  # noqa: E402
 
 import slimtorch as st  # noqa: E402
 from slimtorch.measure.flops import count_flops  # noqa: E402
@@ -40,29 +38,13 @@ def _compiled(model: nn.Module, x: torch.Tensor):
     return lambda: fn(x)
 
 
-def _ort(model: nn.Module, x: torch.Tensor):
-    import onnxruntime as ort
-
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(model, (x,), dynamo=True, verbose=False)
-        program.save(buffer)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    feed = {name: x.numpy()}
-    return lambda: session.run(None, feed)
-
-
 def _compare(label: str, dense: nn.Module, lowrank: nn.Module, x: torch.Tensor, quick: bool, raw: dict) -> list:
     """Rows for one input: each runtime's dense and low-rank variants, timed round-robin."""
     flops_dense, flops_lowrank = count_flops(dense, x), count_flops(lowrank, x)
     with torch.inference_mode():
         err = float((lowrank(x) - dense(x)).norm() / dense(x).norm())
     fns = {"eager dense": lambda: dense(x), "eager low-rank": lambda: lowrank(x)}
-    fns["ORT dense"], fns["ORT low-rank"] = _ort(dense, x), _ort(lowrank, x)
+    fns["ORT dense"], fns["ORT low-rank"] = ort_runner(dense, x), ort_runner(lowrank, x)
     if not quick:
         fns["compiled dense"] = _compiled(copy.deepcopy(dense), x)
         torch._dynamo.reset()

@@ -9,7 +9,6 @@ through ``UnstructuredPruning(kernel="auto")``, is timed against its dense self.
 from __future__ import annotations
 
 import copy
-import io
 import os
 import sys
 import warnings
@@ -21,7 +20,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import main  # noqa: E402
+from _harness import main, ort_runner  # noqa: E402
 
 import slimtorch as st  # noqa: E402
 from slimtorch.measure.latency import time_interleaved  # noqa: E402
@@ -31,18 +30,7 @@ SPARSITIES = (0.5, 0.75, 0.9, 0.95, 0.99)
 
 
 def _ort(model: nn.Module, x: torch.Tensor):
-    import onnxruntime as ort
-
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (x,), buffer, dynamo=False)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # do not slow the torch contenders
-    session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
-    feed = {session.get_inputs()[0].name: x.numpy()}
-    return lambda: session.run(None, feed)
+    return ort_runner(model, x, spinning=False, dynamo=False)  # idle ORT workers must not slow the torch contenders
 
 
 def _pruned(out_f: int, in_f: int, sparsity: float) -> nn.Linear:

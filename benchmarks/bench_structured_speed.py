@@ -5,10 +5,8 @@ Runtime (the fastest fp32 path here), all in one process on the same models and 
 from __future__ import annotations
 
 import copy
-import io
 import os
 import sys
-import warnings
 from pathlib import Path
 
 import torch
@@ -17,7 +15,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import main  # noqa: E402
+from _harness import main, ort_runner  # noqa: E402
 
 import slimtorch as st  # noqa: E402
 from slimtorch.measure.flops import count_flops  # noqa: E402
@@ -87,20 +85,6 @@ class ViT(nn.Module):
         return self.head(self.norm(self.blocks(x))[:, 0])
 
 
-def _ort(model: nn.Module, x: torch.Tensor):
-    import onnxruntime as ort
-
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (x,), dynamo=True, verbose=False).save(buffer)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
-    feed = {session.get_inputs()[0].name: x.numpy()}
-    return lambda: session.run(None, feed)
-
-
 def true_flops(model: nn.Module, x: torch.Tensor) -> int:
     """FLOPs counted on an exact copy whose nn.MultiheadAttention modules are unfused: torch's flop counter
     misses the fused eval fast path (torch._native_multi_head_attention) and would under-count the dense ViT."""
@@ -160,7 +144,7 @@ def _bench(name: str, model: nn.Module, x: torch.Tensor, quick: bool) -> tuple[l
     fns = {f"eager {k}": (lambda m=m: m(x)) for k, m in contenders.items()}
     for k, m in contenders.items():
         try:
-            fns[f"ORT {k}"] = _ort(m, x)
+            fns[f"ORT {k}"] = ort_runner(m, x)
         except Exception as err:
             notes.append(f"{name}: ONNX export of {k} failed ({type(err).__name__})")
     # one round-robin group per runtime: PyTorch's OpenMP workers keep spinning after a call and would tax

@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-import torch
-
-from slimtorch.cli.model_spec import parse_shape, resolve_model
+from slimtorch.cli.model_spec import example_inputs, resolve_model
 from slimtorch.errors import ConfigError
 
 
@@ -51,14 +49,7 @@ def run(args: argparse.Namespace) -> int:
     model = resolved.model
     if args.artifact:
         model = load(args.artifact, model)
-    if args.input_shape:
-        example = torch.randn(parse_shape(args.input_shape))
-    elif resolved.data is not None:
-        example = resolved.data.example_inputs(args.batch_size or 1)
-    elif resolved.example_inputs is not None:
-        example = resolved.example_inputs
-    else:
-        raise ConfigError(f"{args.model} needs --input-shape (e.g. --input-shape 1,3,224,224)")
+    example = example_inputs(resolved, args.input_shape, args.batch_size, args.model)
     int8_outputs = None
     if args.int8_outputs:
         if resolved.data is None:

@@ -5,10 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-import torch
-
-from slimtorch.cli.model_spec import parse_shape, resolve_model
-from slimtorch.errors import ConfigError
+from slimtorch.cli.model_spec import example_inputs, resolve_model
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -28,14 +25,7 @@ def run(args: argparse.Namespace) -> int:
     from slimtorch.measure import measure
 
     resolved = resolve_model(args.model, args.weights)
-    if args.input_shape:
-        example = torch.randn(parse_shape(args.input_shape))
-    elif resolved.data is not None:
-        example = resolved.data.example_inputs(args.batch_size or 1)
-    elif resolved.example_inputs is not None:
-        example = resolved.example_inputs
-    else:
-        raise ConfigError(f"{args.model} needs --input-shape (e.g. --input-shape 1,3,224,224)")
+    example = example_inputs(resolved, args.input_shape, args.batch_size, args.model)
     eval_fn = resolved.data.evaluate if resolved.data is not None else None
     metrics = measure(resolved.model, example, eval_fn=eval_fn, label=resolved.name)
     for key, value in metrics.to_dict().items():

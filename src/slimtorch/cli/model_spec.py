@@ -116,3 +116,19 @@ def parse_shape(text: str) -> tuple[int, ...]:
     if not shape or any(v <= 0 for v in shape):
         raise ConfigError(f"--input-shape {text!r} must be positive integers like 1,3,224,224")
     return shape
+
+
+def example_inputs(resolved: Resolved, input_shape: str | None, batch_size: int | None, spec: str) -> Any:
+    """The CLI's example inputs: random data of ``--input-shape``, else a batch of the model's zoo data, else the
+    example the model spec carries (Hugging Face folders).
+
+    Raises:
+        ConfigError: none of these is available (the message asks for ``--input-shape``).
+    """
+    if input_shape:
+        return torch.randn(parse_shape(input_shape))
+    if resolved.data is not None:
+        return resolved.data.example_inputs(batch_size or 1)
+    if resolved.example_inputs is not None:
+        return resolved.example_inputs
+    raise ConfigError(f"{spec} needs --input-shape (e.g. --input-shape 1,3,224,224)")
