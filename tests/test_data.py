@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from slimtorch.data import as_loader, batch_size, call, first_tensor, iter_inputs, split_batch
+from slimtorch.data import as_loader, batch_size, call, first_tensor, iter_inputs, run_hooked, split_batch
 from slimtorch.errors import DataError
 
 
@@ -34,3 +34,15 @@ def test_call_and_first_tensor():
     assert call(model, (x,)).shape == (4, 2)
     assert first_tensor((call(model, x), None)).shape == (4, 2)
     assert batch_size({"a": x}) == 4
+
+
+def test_run_hooked_counts_batches_and_removes_hooks_even_on_error():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.ReLU())
+    seen_in, seen_out = [], []
+    n = run_hooked(model, [torch.randn(4, 3), torch.randn(5, 3)],
+                   pre={model[0]: lambda m, a: seen_in.append(a[0].shape[0])},
+                   post={model[1]: lambda m, a, o: seen_out.append(o.requires_grad)})
+    assert n == 2 and seen_in == [4, 5] and seen_out == [False, False]  # no gradients recorded
+    with pytest.raises(RuntimeError):
+        run_hooked(model, [torch.randn(4, 7)], pre={model[0]: lambda m, a: None})
+    assert not model[0]._forward_pre_hooks and not model[1]._forward_hooks

@@ -11,7 +11,7 @@ A batch is understood as:
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -73,6 +73,33 @@ def call(model: nn.Module, inputs: Inputs) -> Any:
     if isinstance(inputs, tuple):
         return model(*inputs)
     return model(inputs)
+
+
+def run_hooked(
+    model: nn.Module,
+    batches: Iterable[Inputs],
+    *,
+    pre: dict[nn.Module, Callable[..., Any]] | None = None,
+    post: dict[nn.Module, Callable[..., Any]] | None = None,
+) -> int:
+    """Run ``batches`` through ``model`` without gradients, with forward pre-hooks (``fn(module, args)``) and
+    forward hooks (``fn(module, args, output)``) on the given submodules, removed afterwards whatever happens.
+
+    Returns:
+        The number of batches run.
+    """
+    handles = [m.register_forward_pre_hook(fn) for m, fn in (pre or {}).items()]
+    handles += [m.register_forward_hook(fn) for m, fn in (post or {}).items()]
+    seen = 0
+    try:
+        with torch.no_grad():
+            for inputs in batches:
+                call(model, inputs)
+                seen += 1
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
 
 
 def first_tensor(output: Any) -> torch.Tensor:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slimtorch.data import call, iter_inputs
+from slimtorch.data import iter_inputs, run_hooked
 from slimtorch.errors import DataError
 from slimtorch.io import onnx_ops  # noqa: F401  (registers the torch.ops.slimtorch_export ops)
 from slimtorch.prune.sparse_linear import SparseLinear
@@ -210,18 +210,12 @@ def calibrate_outputs(model: nn.Module, data: Any, num_batches: int = 8) -> dict
         lo[name] = torch.minimum(lo.get(name, a), a)
         hi[name] = torch.maximum(hi.get(name, b), b)
 
-    hooks = [model.get_submodule(n).register_forward_hook(lambda _m, _a, out, n=n: observe(n, out)) for n in names]
-    was_training, seen = model.training, 0
-    model.eval()
+    was_training = model.training
     try:
-        with torch.no_grad():
-            for inputs in iter_inputs(data, num_batches, split="calibration" if hasattr(data, "calibration")
-                                      else "train"):
-                call(model, inputs)
-                seen += 1
+        split = "calibration" if hasattr(data, "calibration") else "train"
+        seen = run_hooked(model.eval(), iter_inputs(data, num_batches, split=split),
+                          post={model.get_submodule(n): (lambda _m, _a, out, n=n: observe(n, out)) for n in names})
     finally:
-        for h in hooks:
-            h.remove()
         model.train(was_training)
     if not seen:
         raise DataError("calibration data for the int8 outputs yielded no batch; pass a loader or a list of batches")

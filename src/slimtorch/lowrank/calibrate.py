@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slimtorch.data import call, first_tensor
+from slimtorch.data import call, first_tensor, run_hooked
 from slimtorch.lowrank.layers import Layer, Rank
 
 
@@ -72,14 +72,7 @@ def record(model: nn.Module, layers: Sequence[Layer], batches: Iterable[Any], mo
 
         return hook
 
-    handles = [layer.module.register_forward_hook(hook_for(layer)) for layer in layers]
-    try:
-        with torch.no_grad():
-            for inputs in batches:
-                call(model, inputs)
-    finally:
-        for h in handles:
-            h.remove()
+    run_hooked(model, batches, post={layer.module: hook_for(layer) for layer in layers})
     if moments:
         from slimtorch.lowrank.svd import whitening
 

@@ -18,7 +18,7 @@ from torch import nn
 from slimtorch._log import logger
 from slimtorch.api import handler
 from slimtorch.config import Config, check_range, register
-from slimtorch.data import call, first_tensor, iter_inputs
+from slimtorch.data import call, first_tensor, iter_inputs, run_hooked
 from slimtorch.errors import ConfigError, DataError, UnsupportedModelError
 from slimtorch.io.manifest import register_module
 from slimtorch.select import matches
@@ -97,20 +97,15 @@ def find_blocks(model: nn.Module, example_inputs: Any, patterns: tuple[str, ...]
         ConfigError: ``patterns`` match no block whose output has its input's shape.
     """
     shapes: dict[str, tuple] = {}
-    hooks = []
-    for name, mod in model.named_modules():
-        if name and any(True for _ in mod.parameters()):
-            def hook(m, args, out, _n=name):
-                x, y = _first(args), _first(out)
-                if x is not None and y is not None:
-                    shapes[_n] = (x.shape == y.shape, isinstance(out, tuple))
-            hooks.append(mod.register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            call(model.eval(), example_inputs)
-    finally:
-        for h in hooks:
-            h.remove()
+
+    def hook(m, args, out, _n):
+        x, y = _first(args), _first(out)
+        if x is not None and y is not None:
+            shapes[_n] = (x.shape == y.shape, isinstance(out, tuple))
+
+    run_hooked(model.eval(), [example_inputs], post={
+        mod: (lambda m, a, o, _n=name: hook(m, a, o, _n))
+        for name, mod in model.named_modules() if name and any(True for _ in mod.parameters())})
     same = {n: t for n, (ok, t) in shapes.items() if ok}
     modules = dict(model.named_modules())
     if patterns:
@@ -144,15 +139,9 @@ def score_blocks(model: nn.Module, blocks: dict[str, bool], batches: list[Any], 
     model.eval()
     if metric == "cosine":
         sims: dict[str, list[float]] = {n: [] for n in blocks}
-        hooks = [model.get_submodule(n).register_forward_hook(
-            lambda m, a, o, _n=n: sims[_n].append(block_similarity(_first(a), _first(o)))) for n in blocks]
-        try:
-            with torch.no_grad():
-                for inputs in batches:
-                    call(model, inputs)
-        finally:
-            for h in hooks:
-                h.remove()
+        run_hooked(model, batches, post={
+            model.get_submodule(n): (lambda m, a, o, _n=n: sims[_n].append(block_similarity(_first(a), _first(o))))
+            for n in blocks})
         return {n: 1.0 - sum(v) / len(v) for n, v in sims.items() if v}
     with torch.no_grad():
         refs = [first_tensor(call(model, inputs)) for inputs in batches]

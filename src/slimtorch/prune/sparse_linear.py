@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from slimtorch._log import logger
-from slimtorch.data import call
+from slimtorch.data import call, run_hooked
 from slimtorch.errors import ConfigError
 from slimtorch.io.manifest import register_module
 from slimtorch.measure.latency import time_interleaved
@@ -103,16 +103,8 @@ class SparseLinear(nn.Module):
 def _layer_inputs(model: nn.Module, example_inputs: Any, names: Sequence[str]) -> dict[str, torch.Tensor]:
     """The input each named layer receives in one forward pass on ``example_inputs``."""
     seen: dict[str, torch.Tensor] = {}
-    handles = [
-        model.get_submodule(n).register_forward_pre_hook(lambda _m, args, n=n: seen.setdefault(n, args[0].detach()))
-        for n in names
-    ]
-    try:
-        with torch.no_grad():
-            call(model, example_inputs)
-    finally:
-        for h in handles:
-            h.remove()
+    hooks = {model.get_submodule(n): (lambda _m, args, n=n: seen.setdefault(n, args[0].detach())) for n in names}
+    run_hooked(model, [example_inputs], pre=hooks)
     return seen
 
 

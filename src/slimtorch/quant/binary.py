@@ -22,7 +22,7 @@ from torch import nn
 from slimtorch._log import logger
 from slimtorch.api import handler
 from slimtorch.config import Config, check_range, register
-from slimtorch.data import call, iter_inputs
+from slimtorch.data import call, iter_inputs, run_hooked
 from slimtorch.errors import ConfigError, DataError
 from slimtorch.quant.binary_math import TWN_THRESHOLD
 from slimtorch.quant.binary_qat import BinaryQATConv2d, BinaryQATLinear
@@ -155,16 +155,11 @@ def _input_means(model: nn.Module, names: list[str], data: Any, batches: int) ->
             counts[name] = counts.get(name, 0) + x.numel() // x.shape[1]
         return fn
 
-    handles = [model.get_submodule(n).register_forward_pre_hook(hook(n)) for n in names]
     was_training = model.training
     try:
-        model.eval()
-        with torch.no_grad():
-            for inputs in iter_inputs(data, batches, split="calibration"):
-                call(model, inputs)
+        run_hooked(model.eval(), iter_inputs(data, batches, split="calibration"),
+                   pre={model.get_submodule(n): hook(n) for n in names})
     finally:
-        for h in handles:
-            h.remove()
         model.train(was_training)
     return {n: sums[n] / counts[n] for n in sums}
 

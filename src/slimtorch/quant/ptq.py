@@ -16,7 +16,7 @@ from torch import nn
 from slimtorch._log import logger, progress
 from slimtorch.api import handler
 from slimtorch.config import Config
-from slimtorch.data import call, iter_inputs
+from slimtorch.data import iter_inputs, run_hooked
 from slimtorch.errors import ConfigError, DataError
 from slimtorch.quant.config import DynamicQuant, StaticQuant, WeightOnlyQuant
 from slimtorch.quant.modules import QuantConv2d, QuantLinear
@@ -137,18 +137,10 @@ def calibrate(model: nn.Module, names: list[str], data: Any, num_batches: int, o
         DataError: the data yields no batch.
     """
     observers = {n: make_observer(observer, percentile) for n in names}
-    hooks = [model.get_submodule(n).register_forward_pre_hook(
-        lambda _m, args, n=n: observers[n].observe(args[0].detach().float())) for n in names]
-    seen = 0
-    try:
-        with torch.no_grad():
-            for inputs in progress(iter_inputs(data, num_batches), "calibrating", total=num_batches):
-                call(model, inputs)
-                seen += 1
-    finally:
-        for h in hooks:
-            h.remove()
-    if not seen:
+    hooks = {model.get_submodule(n): (lambda _m, args, n=n: observers[n].observe(args[0].detach().float()))
+             for n in names}
+    batches = progress(iter_inputs(data, num_batches), "calibrating", total=num_batches)
+    if not run_hooked(model, batches, pre=hooks):
         raise DataError("calibration data yielded no batch; pass a DataLoader or an iterable of input batches")
     return {n: observers[n].range(8, signed=False) for n in names}
 
