@@ -129,6 +129,7 @@ def run(quick: bool) -> dict:
     # 1. dynamic int8 encoder
     enc = Encoder(layers=1 if quick else 2).eval()
     dyn = st.quantize(copy.deepcopy(enc), st.DynamicQuant())
+    dyn_t = st.quantize(copy.deepcopy(enc), st.DynamicQuant(activations="tensor"))
     ao = torch.ao.quantization.quantize_dynamic(copy.deepcopy(enc), {nn.Linear}, dtype=torch.qint8)
     tao = _torchao(enc, "int8dyn")
     peers["torchao int8 dynamic"] = tao if isinstance(tao, str) else "ok"
@@ -136,12 +137,14 @@ def run(quick: bool) -> dict:
         x = torch.randn(batch, 128, 768)
         with torch.no_grad():
             ref = enc(x)
-            cos = {"slimtorch DynamicQuant": _cos(ref, dyn(x)), "torch.ao quantize_dynamic": _cos(ref, ao(x))}
+            cos = {"slimtorch DynamicQuant": _cos(ref, dyn(x)), "slimtorch DynamicQuant per tensor": _cos(ref, dyn_t(x)),
+                   "torch.ao quantize_dynamic": _cos(ref, ao(x))}
             if not isinstance(tao, str):
                 cos["torchao int8 dynamic"] = _cos(ref, tao(x))
         comp = _compiled(enc, x)
         fns = {"fp32 eager": lambda x=x: enc(x), "fp32 compiled": None if comp is None else (lambda x=x, c=comp: c(x)),
-               "slimtorch DynamicQuant": lambda x=x: dyn(x), "torch.ao quantize_dynamic": lambda x=x: ao(x)}
+               "slimtorch DynamicQuant": lambda x=x: dyn(x), "slimtorch DynamicQuant per tensor": lambda x=x: dyn_t(x),
+               "torch.ao quantize_dynamic": lambda x=x: ao(x)}
         if not isinstance(tao, str):
             fns["torchao int8 dynamic"] = lambda x=x: tao(x)
         _rows("encoder d768 x128 tokens, dynamic int8", batch, _race(fns, quick), rows, cos)
