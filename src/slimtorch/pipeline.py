@@ -21,6 +21,7 @@ from slimtorch.errors import ArtifactError, DataError
 from slimtorch.measure.layers import layer_table
 from slimtorch.measure.metrics import Metrics, measure, retime_side_by_side
 from slimtorch.recipe import Recipe
+from slimtorch.train.distributed import is_main
 
 CHECKPOINTS = "checkpoints"
 
@@ -171,7 +172,7 @@ def run_recipe(
             metrics = measure(model, example_inputs, eval_fn=eval_fn, label=f"after {cfg.stage}").to_dict()
         record.stages.append(StageRecord(index, cfg.stage, cfg.method, cfg.to_dict(), seconds, metrics,
                                          layer_table(model)))
-        if out is not None:
+        if out is not None and is_main():  # under torchrun every rank holds the same model: rank 0 writes
             extra = {"recipe": recipe.to_dict(), "stages": [s.to_dict() for s in record.stages]}
             save(model, _checkpoint_path(out, index), extra=extra)
     last = record.stages[-1].metrics if record.stages else None

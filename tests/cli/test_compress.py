@@ -70,3 +70,10 @@ def test_static_int8_onnx_export_chains_uint8_outputs(tmp_path, digits_cnn):
     quantized = {producers.get(n.input[0]) for n in graph.node if n.op_type == "QuantizeLinear"}
     assert {"Conv", "Gemm"} <= quantized
     assert "onnx" in json.loads((out / "report.json").read_text())["artifacts"]
+
+
+def test_only_rank_zero_writes_under_torchrun(tmp_path, recipe_file, digits_mlp, monkeypatch):
+    monkeypatch.setenv("RANK", "1")  # what torchrun sets on the second process (no process group needed here)
+    out = tmp_path / "out"
+    assert main(["--quiet", "compress", "zoo:digits-mlp", "--recipe", str(recipe_file), "-o", str(out)]) == 0
+    assert not out.exists() or not any(out.rglob("*"))

@@ -39,10 +39,12 @@ def _example(resolved: Any, data: Any, batch_size: int) -> Any:
 
 def compress_and_report(resolved: Any, recipe: Any, data: Any, out: Path, *, batch_size: int, resume: bool,
                         seed: int, title: str) -> dict[str, Path]:
-    """Run ``recipe`` on a resolved model, write the artifacts and the report into ``out``; returns the files."""
+    """Run ``recipe`` on a resolved model, write the artifacts and the report into ``out``; returns the files
+    (none on ranks other than 0 under torchrun: every rank runs the recipe, rank 0 writes)."""
     from slimtorch.io.save import save
     from slimtorch.pipeline import check_data, run_recipe
     from slimtorch.report import write_report
+    from slimtorch.train.distributed import is_main
 
     if resolved.data is not None and data is None:
         data = resolved.data
@@ -54,6 +56,8 @@ def compress_and_report(resolved: Any, recipe: Any, data: Any, out: Path, *, bat
     model = resolved.model
     record = run_recipe(model, recipe, data=data, example_inputs=example, eval_fn=eval_fn, out_dir=out,
                         resume=resume, seed=seed)
+    if not is_main():  # under torchrun only rank 0 writes the model and the report
+        return {}
     artifacts = {}
     if "safetensors" in recipe.export:
         artifacts["safetensors"] = str(save(model, out / "model", extra={"recipe": recipe.to_dict()}))
@@ -87,5 +91,6 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     files = compress_and_report(resolved, recipe, data, out, batch_size=args.batch_size, resume=args.resume,
                                 seed=args.seed, title=f"slimtorch compress {args.model} ({recipe.name or 'recipe'})")
-    print(f"report: {files['md']}  {files['html']}  {files['json']}")
+    if files:
+        print(f"report: {files['md']}  {files['html']}  {files['json']}")
     return 0
