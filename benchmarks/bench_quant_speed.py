@@ -137,7 +137,8 @@ def run(quick: bool) -> dict:
         x = torch.randn(batch, 128, 768)
         with torch.no_grad():
             ref = enc(x)
-            cos = {"slimtorch DynamicQuant": _cos(ref, dyn(x)), "slimtorch DynamicQuant per tensor": _cos(ref, dyn_t(x)),
+            cos = {"slimtorch DynamicQuant": _cos(ref, dyn(x)),
+                   "slimtorch DynamicQuant per tensor": _cos(ref, dyn_t(x)),
                    "torch.ao quantize_dynamic": _cos(ref, ao(x))}
             if not isinstance(tao, str):
                 cos["torchao int8 dynamic"] = _cos(ref, tao(x))

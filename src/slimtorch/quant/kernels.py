@@ -58,9 +58,16 @@ def quantize_uint8(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tens
     adding the zero point, so at exact ties of ``x / scale`` it can differ by one code from rounding first (as
     ``qparams.quantize`` and ONNX's QuantizeLinear do); everywhere else the two agree.
     """
+    if torch.compiler.is_compiling():  # the same formula, which inductor fuses into one loop (set_ is untraceable)
+        return torch.round(x * (1.0 / scale) + zero_point).clamp_(0, 255).to(torch.uint8)
     q = torch.quantize_per_tensor(x, scale, zero_point, torch.quint8)
     return torch.empty(0, dtype=torch.uint8, device=x.device).set_(
         q.untyped_storage(), q.storage_offset(), q.size(), q.stride())
+
+
+def chosen(key: tuple) -> str | None:
+    """The candidate :func:`fastest` picked for ``key``, or None before it has raced."""
+    return _CHOICE.get(key)
 
 
 @functools.cache

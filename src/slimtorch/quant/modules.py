@@ -51,6 +51,10 @@ class _QuantBase(nn.Module):
         self._cache = {}
         super()._load_from_state_dict(*args, **kwargs)
 
+    def __getstate__(self) -> dict:
+        """Copies (``copy.deepcopy``) start with no pre-packed kernels: oneDNN's packed tensors cannot be copied."""
+        return {**self.__dict__, "_cache": {}}
+
     def _input_qparams(self) -> tuple[float, int]:
         """The static input grid as Python numbers (cached with the packed weight: read once, not per call)."""
         return float(self.input_scale), int(self.input_zero_point)
@@ -59,12 +63,32 @@ class _QuantBase(nn.Module):
         """The float values the static layer's uint8 input represents (reference path)."""
         return fake_quantize(x, self.input_scale, self.input_zero_point, bits=8, signed=False)
 
+    def _traceable(self, rows: int) -> bool:
+        """Whether torch.compile may trace this layer's integer kernels rather than call the layer as is.
+
+        Inductor lowers oneDNN's int8 operators only with ``torch._inductor.config.freezing`` on (their
+        pre-packed weights must be graph constants) and fails otherwise; the packed weight must already exist;
+        a dynamic layer's kernel race times calls, which cannot be traced, so its choice must be made; and
+        inductor (torch 2.13) miscompiles the weight-only int4/int8 kernels.
+        """
+        import torch._inductor.config as inductor_config
+
+        if self.mode == "weight_only" or not inductor_config.freezing or "packed" not in self._cache:
+            return False
+        return self.mode == "static" or kernels.chosen(self._race_key(rows)) is not None
+
     def weight_counts(self) -> tuple[int, int]:
         """(logical weight count, nonzero weights), bias included, for ``st.measure``."""
         w = self.dequantized_weight()
         nb = 0 if self.bias is None else self.bias.numel()
         nzb = 0 if self.bias is None else int(torch.count_nonzero(self.bias))
         return w.numel() + nb, int(torch.count_nonzero(w)) + nzb
+
+
+@torch.compiler.disable
+def _outside_graph(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Run a quantized layer eagerly from inside a torch.compile'd model (a graph break around it)."""
+    return layer.forward(x)
 
 
 @register_module
@@ -125,6 +149,8 @@ class QuantLinear(_QuantBase):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not x.is_cpu or x.dtype != torch.float32:
             return self.reference(x).to(x.dtype)
+        if torch.compiler.is_compiling() and not self._traceable(x.numel() // self.in_features):
+            return _outside_graph(self, x)
         if self.mode == "static":
             return self._static(x)
         x2 = x.reshape(-1, self.in_features)
@@ -155,9 +181,12 @@ class QuantLinear(_QuantBase):
             "int_mm_rows": lambda: kernels.int_mm_rows(x2, self._cache["wt"], self.weight_scale, self.bias),
             "onednn_rows": lambda: kernels.onednn_rows(x2, self._cache["packed"], self.weight_scale, self.bias),
         }
-        # rows bucketed to a power of two: token counts vary call to call, the best kernel rarely does
-        key = ("dynamic_rows", self.in_features, self.out_features, 1 << max(x2.shape[0] - 1, 0).bit_length())
-        return candidates[kernels.fastest(key, candidates)]()
+        return candidates[kernels.fastest(self._race_key(x2.shape[0]), candidates)]()
+
+    def _race_key(self, rows: int) -> tuple:
+        """The dynamic kernel race's key: rows bucketed to a power of two (token counts vary call to call, the
+        best kernel rarely does)."""
+        return ("dynamic_rows", self.in_features, self.out_features, 1 << max(rows - 1, 0).bit_length())
 
     def _weight_only(self, x2: torch.Tensor) -> torch.Tensor:
         m = x2.shape[0]
@@ -231,6 +260,8 @@ class QuantConv2d(_QuantBase):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not x.is_cpu or x.dtype != torch.float32:
             return self.reference(x).to(x.dtype)
+        if torch.compiler.is_compiling() and not self._traceable(x.shape[0]):
+            return _outside_graph(self, x)
         if "packed" not in self._cache:
             self._cache["qparams"] = self._input_qparams()
             self._cache["packed"] = torch.ops.onednn.qconv_prepack(

@@ -10,6 +10,7 @@ gradient is that of the single-process batch. Only rank 0 logs, draws progress o
 
 from __future__ import annotations
 
+import atexit
 import os
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -47,6 +48,13 @@ def init(model: nn.Module) -> None:
     if on_gpu:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend="nccl" if on_gpu else "gloo")
+    # a group still alive at interpreter exit can abort the process ("terminate called without an active exception")
+    atexit.register(_leave)
+
+
+def _leave() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def wrap(model: nn.Module) -> nn.Module:
