@@ -31,6 +31,8 @@ def _quantized(kind: str) -> tuple[nn.Module, torch.Tensor]:
     x, xc = torch.randn(16, 64), torch.randn(2, 3, 12, 12)
     if kind == "dynamic":
         return st.quantize(_mlp(), st.DynamicQuant()), x
+    if kind == "dynamic_per_tensor":
+        return st.quantize(_mlp(), st.DynamicQuant(activations="tensor")), x
     if kind == "weight_only_int4":
         return st.quantize(_mlp(), st.WeightOnlyQuant(bits=4, group_size=32)), x
     if kind == "static_linear":
@@ -39,7 +41,8 @@ def _quantized(kind: str) -> tuple[nn.Module, torch.Tensor]:
 
 
 @pytest.mark.parametrize("freezing", [False, True])
-@pytest.mark.parametrize("kind", ["dynamic", "weight_only_int4", "static_linear", "static_conv"])
+@pytest.mark.parametrize("kind", ["dynamic", "dynamic_per_tensor", "weight_only_int4", "static_linear",
+                                  "static_conv"])
 def test_compiled_quantized_model_matches_eager(kind, freezing):
     model, x = _quantized(kind)
     torch._dynamo.reset()
@@ -49,7 +52,7 @@ def test_compiled_quantized_model_matches_eager(kind, freezing):
         compiled = torch.compile(model)(x)
     # fused epilogues reorder float operations: agreement to float rounding of the int8 result
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
-    traced = freezing and kind != "weight_only_int4"  # else each quantized layer runs outside the graph
+    traced = freezing and kind in ("dynamic", "static_linear", "static_conv")  # else each runs outside the graph
     assert (breaks == 0) == traced
 
 

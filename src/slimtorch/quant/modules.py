@@ -69,13 +69,16 @@ class _QuantBase(nn.Module):
         Inductor lowers oneDNN's int8 operators only with ``torch._inductor.config.freezing`` on (their
         pre-packed weights must be graph constants) and fails otherwise; the packed weight must already exist;
         a dynamic layer's kernel race times calls, which cannot be traced, so its choice must be made; and
-        inductor (torch 2.13) miscompiles the weight-only int4/int8 kernels.
+        inductor (torch 2.13) miscompiles the weight-only int4/int8 kernels. Per-tensor dynamic layers read their
+        activation range as Python numbers, which would break the graph anyway.
         """
         import torch._inductor.config as inductor_config
 
         if self.mode == "weight_only" or not inductor_config.freezing or "packed" not in self._cache:
             return False
-        return self.mode == "static" or kernels.chosen(self._race_key(rows)) is not None
+        if self.mode == "static":
+            return True
+        return self.per_token and kernels.chosen(self._race_key(rows)) is not None
 
     def weight_counts(self) -> tuple[int, int]:
         """(logical weight count, nonzero weights), bias included, for ``st.measure``."""
