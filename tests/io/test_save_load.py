@@ -121,3 +121,10 @@ def test_missing_file_and_foreign_safetensors(tmp_path):
 def test_save_is_atomic_and_leaves_no_temporary_files(tmp_path):
     st.save(Net(), tmp_path / "net")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["net.safetensors"]
+
+
+def test_saved_file_has_the_usual_permissions(tmp_path):
+    path = st.save(nn.Linear(3, 2), tmp_path / "m")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's private 0600

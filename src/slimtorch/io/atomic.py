@@ -7,6 +7,16 @@ import tempfile
 from pathlib import Path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+#: the mode an ordinary ``open(path, "w")`` would give (mkstemp's temporary files start at 0600)
+FILE_MODE = 0o666 & ~_umask()
+
+
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (parents created); returns the path."""
     target = Path(path)
@@ -15,7 +25,7 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.replace(tmp, target)
+        publish(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -28,9 +38,16 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def temporary_sibling(path: str | os.PathLike) -> Path:
-    """A fresh temporary file name beside ``path`` (the caller writes it, then ``os.replace``s it)."""
+    r"""A fresh temporary file name beside ``path`` (the caller writes it, then :func:`publish`\es it)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     os.close(fd)
     return Path(tmp)
+
+
+def publish(tmp: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Give a finished temporary file the usual permissions and rename it to ``path`` (atomic); returns the path."""
+    os.chmod(tmp, FILE_MODE)
+    os.replace(tmp, path)
+    return Path(path)

@@ -24,7 +24,7 @@ from torch import nn
 from slimtorch._log import logger
 from slimtorch.data import first_tensor
 from slimtorch.errors import ConfigError, DataError, UnsupportedModelError
-from slimtorch.io.atomic import temporary_sibling, write_bytes
+from slimtorch.io.atomic import publish, temporary_sibling, write_bytes
 
 
 def _as_args(example_inputs: Any) -> tuple[tuple, dict]:
@@ -254,7 +254,7 @@ def export_onnx(
         try:
             tmp.write_bytes(data)
             report = check_agreement(model, tmp, check_inputs if check_inputs is not None else example_inputs)
-            os.replace(tmp, path)
+            publish(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
         logger.info("export_onnx: %s", report.summary())

@@ -14,7 +14,7 @@ from torch import nn
 
 from slimtorch.errors import ArtifactError
 from slimtorch.io import manifest, sparse_storage
-from slimtorch.io.atomic import temporary_sibling
+from slimtorch.io.atomic import publish, temporary_sibling
 
 SUFFIX = ".safetensors"
 SPARSE_BITS = "::bits"
@@ -118,7 +118,7 @@ def save(
     tmp = temporary_sibling(target)
     try:
         save_file(tensors, tmp, metadata={"slimtorch": json.dumps(header)})
-        os.replace(tmp, target)
+        publish(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -12,13 +12,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def _save(fig: Any, path: Path) -> Path:
-    from slimtorch.io.atomic import temporary_sibling
+    from slimtorch.io.atomic import publish, temporary_sibling
 
     tmp = temporary_sibling(path)
     fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
-    tmp.replace(path)
-    return path
+    return publish(tmp, path)
 
 
 def plot_tradeoff(points: list[dict[str, Any]], path: str | Path) -> Path:
