@@ -15,7 +15,6 @@ Pre-packed weights are caches built on first use; the modules' state stays plain
 
 from __future__ import annotations
 
-import functools
 import time
 import warnings
 from collections.abc import Callable
@@ -70,10 +69,15 @@ def chosen(key: tuple) -> str | None:
     return _CHOICE.get(key)
 
 
-@functools.cache
+#: n -> int64 zeros [n]: the weight zero points oneDNN's int8 operators take (weights are symmetric); never written
+_ZEROS: dict[int, torch.Tensor] = {}
+
+
 def _zeros(n: int) -> torch.Tensor:
-    """The all-zero int64 weight zero points oneDNN's int8 operators take (weights are symmetric); never written."""
-    return torch.zeros(n, dtype=torch.int64)
+    """The shared all-zero int64 vector of length ``n`` (a plain dict memo: torch.compile traces it cleanly)."""
+    if n not in _ZEROS:
+        _ZEROS[n] = torch.zeros(n, dtype=torch.int64)
+    return _ZEROS[n]
 
 
 def qconv2d(
