@@ -6,8 +6,8 @@ with inductor freezing, of the float model (the fastest fp32 path) and, for the 
   peers: ``torch.ao.quantization.quantize_dynamic`` and torchao ``Int8DynamicActivationInt8WeightConfig``;
 - static int8 on a ResNet-style CNN at 224x224, batch 1 and 16 (peer: none that runs int8 conv without the
   deprecated flow; compiled fp32 is the fast float path);
-- weight-only int4 (group 128) and int8 on 4096x4096 and 4096x11008 linear layers at batch 1; peer: torchao
-  ``Int4WeightOnlyConfig``.
+- weight-only int4 (group 128) and int8 on 4096x4096 and 4096x11008 linear layers at batch 1; peers: torchao
+  ``Int4WeightOnlyConfig`` and optimum-quanto ``qint4`` weights.
 """
 
 from __future__ import annotations
@@ -115,6 +115,24 @@ def _torchao(model: nn.Module, kind: str):
         return f"{type(err).__name__}: {str(err)[:120]}"
 
 
+def _quanto(model: nn.Module):
+    """optimum-quanto int4 weights (its default group size) as a call, or the reason it cannot run."""
+    try:
+        from optimum.quanto import freeze, qint4, quantize
+
+        m = copy.deepcopy(model)
+        quantize(m, weights=qint4)
+        freeze(m)
+    except Exception as err:
+        return f"{type(err).__name__}: {str(err)[:120]}"
+
+    def call(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(False), torch.no_grad():  # quanto's tensors fail under inference mode
+            return m(x)
+
+    return call
+
+
 def _race(fns: dict, quick: bool) -> dict:
     fns = {k: v for k, v in fns.items() if v is not None}
     with torch.no_grad():
@@ -180,8 +198,9 @@ def run(quick: bool) -> dict:
         lin = nn.Sequential(nn.Linear(4096, out_f, bias=False)).eval()
         w4 = st.quantize(copy.deepcopy(lin), st.WeightOnlyQuant(bits=4, group_size=128))
         w8 = st.quantize(copy.deepcopy(lin), st.WeightOnlyQuant(bits=8, group_size=None))
-        t4 = _torchao(lin, "int4")
+        t4, qt = _torchao(lin, "int4"), _quanto(lin)
         peers[f"torchao int4 {out_f}"] = t4 if isinstance(t4, str) else "ok"
+        peers[f"optimum-quanto int4 {out_f}"] = qt if isinstance(qt, str) else "ok"
         x = torch.randn(1, 4096)
         fp32_bytes = lin[0].weight.numel() * 4
         q = w4[0]
@@ -195,6 +214,9 @@ def run(quick: bool) -> dict:
             fns["torchao int4 g128"] = lambda x=x, m=t4: m(x)
             with torch.no_grad():
                 cos["torchao int4 g128"] = _cos(ref, t4(x))
+        if not isinstance(qt, str):
+            fns["optimum-quanto int4"] = lambda x=x, m=qt: m(x)
+            cos["optimum-quanto int4"] = _cos(ref, qt(x))
         _rows(f"Linear 4096x{out_f}, weight-only", 1, _race(fns, quick), rows, cos)
     notes.append("int4 g128 weights are {} smaller than fp32 (4096x4096 / 4096x11008), scales included".format(
         " / ".join(f"{v:.2f}x" for v in sizes.values())))
