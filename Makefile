@@ -25,6 +25,7 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check src tests benchmarks
 
 bench: $(BIN)/.installed
+	$(BIN)/pip install --quiet -e ".[dev,onnx,hf,bench]"  # the peers (torch stays 2.13.0: already installed)
 	$(BIN)/python benchmarks/run.py
 
 clean:
