@@ -165,8 +165,8 @@ def _notes(rows: list[list]) -> list[str]:
     notes.append("Per-token dynamic int8 (slimtorch's default, the most accurate in PyTorch) has no fused kernel "
                  "in ONNX Runtime; DynamicQuant(activations='tensor') maps onto the same DynamicQuantizeMatMul as "
                  "quantize_dynamic.")
-    notes.append("Other agents share these 2 cores: timings carry the load noted below; the ratios come from "
-                 "round-robin timing in one process, so load drift hits every contender alike.")
+    notes.append("The ratios come from round-robin timing in one process, so load drift hits every contender "
+                 "alike; the load before the run is in the footer.")
     return notes
 
 
