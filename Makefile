@@ -11,7 +11,7 @@ $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[dev,onnx]"
+	$(BIN)/pip install --quiet -e ".[dev,onnx,hf]"
 	$(BIN)/python -c "import torch; v = torch.__version__; print('torch', v); assert v.startswith('2.13.0'), v"
 	touch $@
 
