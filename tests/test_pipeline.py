@@ -70,3 +70,25 @@ def test_resume_refuses_checkpoints_of_another_recipe(tmp_path):
     with pytest.raises(st.ArtifactError, match="different recipe"):
         run_recipe(_setup()[0], Recipe(stages=(st.Finetune(epochs=2),)), data=batches, out_dir=tmp_path,
                    resume=True)
+
+
+def test_original_stages_and_final_model_are_retimed_together(tmp_path, monkeypatch):
+    import dataclasses
+
+    import slimtorch.pipeline as pipeline
+
+    seen = {}
+
+    def fake_retime(entries, example_inputs):  # stands in for the timing: records who was timed together
+        seen.update(entries)
+        return {k: dataclasses.replace(m, latency_ms=float(i + 1)) for i, (k, (_, m)) in enumerate(entries.items())}
+
+    monkeypatch.setattr(pipeline, "retime_side_by_side", fake_retime)
+    model, batches = _setup()
+    recipe = Recipe(stages=(st.Finetune(epochs=1), st.Finetune(epochs=1), st.Finetune(epochs=1)))
+    record = run_recipe(model, recipe, data=batches, out_dir=tmp_path)
+    # the original, the two checkpointed intermediate stages (rebuilt from their checkpoints) and the final model
+    assert list(seen) == ["before", "stage 0", "stage 1", "after"]
+    assert seen["after"][0] is model and seen["stage 0"][0] is not model
+    assert record.before.latency_ms == 1.0 and record.after.latency_ms == 4.0
+    assert [s.metrics["latency_ms"] for s in record.stages] == [2.0, 3.0, 4.0]

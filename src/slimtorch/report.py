@@ -85,7 +85,8 @@ def write_report(record: RunRecord, out_dir: str | Path, *, title: str = "slimto
 
 def _footnote(m: Metrics) -> str:
     return (f"_Measured on {m.runtime}, batch {m.batch_size}, {m.threads} threads; latency is the median of "
-            "per-call times after warm-up, before and after timed in alternating blocks; "
+            "per-call times after warm-up, the original, each stage and the result timed together in alternating "
+            "blocks; "
             "size is the bytes of the saved safetensors artifact._")
 
 
