@@ -6,7 +6,8 @@ model first to keep the original.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from torch import nn
@@ -88,10 +89,49 @@ def quantize(
     data: Any = None,
     example_inputs: Any = None,
     select: Sequence[str] | None = None,
+    overrides: Mapping[str, Config | None] | None = None,
     seed: int = 0,
 ) -> nn.Module:
-    """Quantize ``model`` in place with a quantization config; returns the model."""
-    return _apply("quantize", model, config, data=data, example_inputs=example_inputs, select=select, seed=seed)
+    """Quantize ``model`` in place with a quantization config; returns the model.
+
+    Args:
+        model: the model to quantize (changed in place).
+        config: ``StaticQuant``, ``DynamicQuant``, ``WeightOnlyQuant``, ``Binarize``, ``Ternarize``.
+        data: calibration data (static activations, binary statistics).
+        example_inputs: inputs for a real forward pass (BatchNorm folding traces the graph with them).
+        select: include patterns restricting which layers are touched (see ``slimtorch.select``).
+        overrides: mixed precision, ``{pattern: config or None}``: the layers a pattern matches (layer names,
+            globs, ``re:`` regexes or type names, as in ``slimtorch.select``) get that config instead of
+            ``config``, or stay float for ``None``. Overrides apply first, in order; ``config`` takes the rest.
+        seed: seed for every random choice.
+
+    Returns:
+        The same model object, quantized.
+
+    Raises:
+        ConfigError: an override config sets ``include`` (its layers come from its pattern).
+
+    Example:
+        >>> import slimtorch as st, torch
+        >>> model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4))
+        >>> q = st.quantize(model, st.DynamicQuant(), overrides={"2": None})  # the head stays float
+        >>> type(q[0]).__name__, type(q[2]).__name__
+        ('QuantLinear', 'Linear')
+    """
+    common = {"data": data, "example_inputs": example_inputs, "seed": seed}
+    if not overrides:
+        return _apply("quantize", model, config, select=select, **common)
+    for pattern, cfg in overrides.items():
+        if cfg is None:
+            continue
+        if getattr(cfg, "include", None) is not None:
+            raise ConfigError(f"overrides[{pattern!r}]: {type(cfg).__name__}.include must be unset; the pattern "
+                              "picks the layers")
+        _apply("quantize", model, cfg, select=[pattern], **common)
+    if not hasattr(config, "exclude"):
+        raise ConfigError(f"{type(config).__name__} has no exclude field, so it cannot take overrides")
+    rest = dataclasses.replace(config, exclude=tuple(config.exclude) + tuple(overrides))
+    return _apply("quantize", model, rest, select=select, **common)
 
 
 def compress(
