@@ -61,8 +61,9 @@ def timed_call(model: nn.Module, example_inputs: Any) -> Callable[[], None]:
 def retime_side_by_side(records: dict[str, tuple[nn.Module, Metrics]], example_inputs: Any) -> dict[str, Metrics]:
     """Re-time models on the same inputs in alternating blocks and return their records with the new latencies.
 
-    Separate ``measure`` calls minutes apart on a shared machine can differ by 2x from load alone; a before/after
-    ratio is only fair when both are timed together. Each model runs in eval mode (its mode is restored).
+    Separate ``measure`` calls minutes apart can differ by 2x from machine load and from the state of the
+    process's memory allocator alone (see docs/measuring.md); a before/after ratio is only fair when both are
+    timed together. Each model runs in eval mode (its mode is restored).
 
     Returns:
         Name -> a copy of the given ``Metrics`` with ``latency_ms`` (median) and ``latency_p90_ms`` replaced.
