@@ -128,3 +128,14 @@ def test_saved_file_has_the_usual_permissions(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's private 0600
+
+
+def test_very_sparse_layers_are_stored_as_positions_and_smaller_than_a_bitmask(tmp_path):
+    layer = nn.Linear(1024, 1024, bias=False)
+    with torch.no_grad():
+        layer.weight.mul_(torch.rand(1024, 1024) < 0.01)  # 99% sparse
+    path = st.save(layer, tmp_path / "m")
+    assert read_manifest(path)["sparse"]["weight"]["form"] == "index"
+    nnz = int(layer.weight.count_nonzero())
+    assert os.path.getsize(path) < 1024 * 1024 / 8 + nnz * 4  # below what the bitmask form alone would take
+    assert torch.equal(st.load(path, model=nn.Linear(1024, 1024, bias=False)).weight, layer.weight)

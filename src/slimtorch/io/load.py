@@ -12,7 +12,7 @@ from torch import nn
 
 from slimtorch.errors import ArtifactError
 from slimtorch.io import manifest, sparse_storage
-from slimtorch.io.save import SPARSE_BITS, SPARSE_VALUES, artifact_path, digest
+from slimtorch.io.save import SPARSE_VALUES, SPARSE_WHERE, artifact_path, digest
 
 
 def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
@@ -54,11 +54,14 @@ def _read(path: str | os.PathLike, tensors: bool = True) -> tuple[dict[str, Any]
 
 
 def _dense_state(header: dict[str, Any], data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    state = {k: v for k, v in data.items() if not k.endswith((SPARSE_BITS, SPARSE_VALUES))}
-    for name, shape in header.get("sparse", {}).items():
+    state = {k: v for k, v in data.items() if not k.endswith((*SPARSE_WHERE.values(), SPARSE_VALUES))}
+    for name, entry in header.get("sparse", {}).items():
+        # manifest v1 recorded only the shape (bitmask form); v2 records {"shape", "form"}
+        shape, form = (entry, "bits") if isinstance(entry, list) else (entry.get("shape"), entry.get("form"))
         try:
-            state[name] = sparse_storage.decode(data[name + SPARSE_BITS], data[name + SPARSE_VALUES], shape)
-        except (KeyError, ValueError) as err:
+            state[name] = sparse_storage.decode(data[name + SPARSE_WHERE[form]], data[name + SPARSE_VALUES], shape,
+                                                form)
+        except (KeyError, ValueError, TypeError) as err:
             raise ArtifactError(f"sparse tensor {name!r} cannot be decoded ({err}); the file is corrupted") from None
     for name, source in header.get("tied", {}).items():
         if source not in state:

@@ -16,7 +16,7 @@ from torch import nn
 from slimtorch.errors import ArtifactError
 
 FORMAT = "slimtorch"
-VERSION = 1
+VERSION = 2  # 2: sparse tensors record their form ("bits" or "index"); v1 files still load
 
 #: registered compressed module classes, by class name
 MODULES: dict[str, type[nn.Module]] = {}

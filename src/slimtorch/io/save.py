@@ -17,7 +17,8 @@ from slimtorch.io import manifest, sparse_storage
 from slimtorch.io.atomic import publish, temporary_sibling
 
 SUFFIX = ".safetensors"
-SPARSE_BITS = "::bits"
+#: suffixes of a sparse tensor's parts: its positions (per form of ``sparse_storage``) and its non-zero values
+SPARSE_WHERE = {"bits": "::bits", "index": "::index"}
 SPARSE_VALUES = "::values"
 
 
@@ -93,11 +94,12 @@ def save(
             tied[name] = seen[key]
             continue
         seen[key] = name
-        if sparse and sparse_storage.worth_it(t):
-            bits, values = sparse_storage.encode(t)
-            tensors[name + SPARSE_BITS] = bits
+        form = sparse_storage.choose(t) if sparse else None
+        if form is not None:
+            where, values = sparse_storage.encode(t, form)
+            tensors[name + SPARSE_WHERE[form]] = where
             tensors[name + SPARSE_VALUES] = values
-            sparse_names[name] = list(t.shape)
+            sparse_names[name] = {"shape": list(t.shape), "form": form}
         else:
             tensors[name] = t.contiguous().clone()
 

@@ -1,7 +1,11 @@
-"""Compact storage of sparse tensors: a packed bitmask of the non-zeros plus the non-zero values.
+"""Compact storage of sparse tensors: the non-zero values plus where they are, in the smaller of two forms.
 
-For a float32 tensor of n elements with sparsity s this takes n/8 + 4n(1-s) bytes instead of 4n, which is
-smaller from s > 3% on; :func:`worth_it` decides per tensor.
+- ``"bits"``: a packed bitmask of the non-zeros, n/8 bytes for n elements whatever the sparsity;
+- ``"index"``: the flat positions of the non-zeros, 2 bytes each (uint16, tensors up to 65,536 elements) or
+  4 bytes (int32), so smaller than the bitmask above about 94% (uint16) or 97% (int32) sparsity.
+
+For a float32 tensor with sparsity s the bitmask form takes n/8 + 4n(1-s) bytes instead of 4n, smaller from
+s > 3% on; :func:`choose` picks the form per tensor, or none where neither saves enough.
 """
 
 from __future__ import annotations
@@ -9,31 +13,52 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+FORMS = ("bits", "index")
 
-def worth_it(tensor: torch.Tensor, min_saving: float = 0.1) -> bool:
-    """True when bitmask + values saves at least ``min_saving`` (fraction 0-1) of the dense bytes."""
+
+def _index_dtype(numel: int) -> torch.dtype:
+    return torch.uint16 if numel <= 1 << 16 else torch.int32
+
+
+def choose(tensor: torch.Tensor, min_saving: float = 0.1) -> str | None:
+    """The smaller sparse form of ``tensor`` ("bits" or "index"), or None when neither saves at least
+    ``min_saving`` (fraction 0-1) of the dense bytes."""
     if not tensor.is_floating_point() or tensor.numel() < 64:
-        return False
-    nnz = int(torch.count_nonzero(tensor))
-    dense = tensor.numel() * tensor.element_size()
-    packed = (tensor.numel() + 7) // 8 + nnz * tensor.element_size()
-    return packed <= (1.0 - min_saving) * dense
+        return None
+    n, nnz, item = tensor.numel(), int(torch.count_nonzero(tensor)), tensor.element_size()
+    sizes = {"bits": (n + 7) // 8 + nnz * item, "index": nnz * (_index_dtype(n).itemsize + item)}
+    form = min(sizes, key=sizes.get)
+    return form if sizes[form] <= (1.0 - min_saving) * n * item else None
 
 
-def encode(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return ``(bits, values)``: uint8 bitmask of ``tensor != 0`` (row-major, MSB first) and the non-zeros."""
+def encode(tensor: torch.Tensor, form: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return ``(where, values)``: the bitmask (uint8, row-major, MSB first) or the flat positions of the
+    non-zeros, and the non-zero values in row-major order."""
     flat = tensor.detach().reshape(-1)
     mask = flat != 0
-    bits = torch.from_numpy(np.packbits(mask.numpy()))
-    return bits, flat[mask].clone()
+    if form == "bits":
+        where = torch.from_numpy(np.packbits(mask.numpy()))
+    else:
+        where = torch.nonzero(mask).reshape(-1).to(_index_dtype(flat.numel()))
+    return where, flat[mask].clone()
 
 
-def decode(bits: torch.Tensor, values: torch.Tensor, shape: list[int]) -> torch.Tensor:
-    """Inverse of :func:`encode`: the dense tensor of ``shape`` with ``values`` where ``bits`` are set."""
+def decode(where: torch.Tensor, values: torch.Tensor, shape: list[int], form: str) -> torch.Tensor:
+    """Inverse of :func:`encode`: the dense tensor of ``shape`` with ``values`` at the stored positions.
+
+    Raises:
+        ValueError: the positions and values disagree (a corrupted file).
+    """
     numel = int(np.prod(shape)) if shape else 1
-    mask = torch.from_numpy(np.unpackbits(bits.numpy(), count=numel).astype(bool))
-    if int(mask.sum()) != values.numel():
-        raise ValueError(f"bitmask has {int(mask.sum())} set bits but {values.numel()} values were stored")
     out = torch.zeros(numel, dtype=values.dtype)
-    out[mask] = values
+    if form == "bits":
+        mask = torch.from_numpy(np.unpackbits(where.numpy(), count=numel).astype(bool))
+        if int(mask.sum()) != values.numel():
+            raise ValueError(f"bitmask has {int(mask.sum())} set bits but {values.numel()} values were stored")
+        out[mask] = values
+    else:
+        index = where.to(torch.int64)
+        if index.numel() != values.numel() or (index.numel() and (index.min() < 0 or index.max() >= numel)):
+            raise ValueError(f"{index.numel()} positions for {values.numel()} values in a tensor of {numel}")
+        out[index] = values
     return out.reshape(shape)
