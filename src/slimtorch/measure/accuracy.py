@@ -7,6 +7,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from slimtorch._log import progress
 from slimtorch.data import call, first_tensor, split_batch
 from slimtorch.errors import DataError
 
@@ -22,7 +23,7 @@ def top1_accuracy(model: nn.Module, loader: Iterable) -> float:
     correct = total = 0
     try:
         with torch.inference_mode():
-            for batch in loader:
+            for batch in progress(loader, "evaluating"):
                 inputs, target = split_batch(batch)
                 if target is None:
                     raise DataError("accuracy needs labelled batches (inputs, labels)")

@@ -9,6 +9,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from slimtorch._log import logger
 from slimtorch.data import batch_size, call
 from slimtorch.errors import ConfigError, UnsupportedModelError
 from slimtorch.measure.flops import count_flops
@@ -136,6 +137,9 @@ def measure(
                 f"the model failed on the example inputs ({type(err).__name__}: {err}); "
                 "pass inputs of the shape the model expects"
             ) from err
+        # no progress bar while timing: its refresh thread would share the cores with the model
+        logger.info("measuring %s: FLOPs, latency (up to %.0f s), peak memory, saved size%s", label or "the model",
+                    max_seconds, ", accuracy" if eval_fn is not None else "")
         flops = count_flops(model, example_inputs)
         timing = time_fn(timed_call(model, example_inputs), warmup=warmup, repeats=repeats, max_seconds=max_seconds)
         peak = peak_memory_bytes(model, example_inputs)
