@@ -67,18 +67,12 @@ class _QuantBase(nn.Module):
         """Whether torch.compile may trace this layer's integer kernels rather than call the layer as is.
 
         Inductor lowers oneDNN's int8 operators only with ``torch._inductor.config.freezing`` on (their
-        pre-packed weights must be graph constants) and fails otherwise; the packed weight must already exist;
-        a dynamic layer's kernel race times calls, which cannot be traced, so its choice must be made; and
-        inductor (torch 2.13) miscompiles the weight-only int4/int8 kernels. Per-tensor dynamic layers read their
-        activation range as Python numbers, which would break the graph anyway.
+        pre-packed weights must be graph constants) and fails otherwise, and the packed weight must already
+        exist. Subclasses add their own conditions.
         """
         import torch._inductor.config as inductor_config
 
-        if self.mode == "weight_only" or not inductor_config.freezing or "packed" not in self._cache:
-            return False
-        if self.mode == "static":
-            return True
-        return self.per_token and kernels.chosen(self._race_key(rows)) is not None
+        return bool(inductor_config.freezing) and "packed" in self._cache
 
     def weight_counts(self) -> tuple[int, int]:
         """(logical weight count, nonzero weights), bias included, for ``st.measure``."""
@@ -185,6 +179,14 @@ class QuantLinear(_QuantBase):
             "onednn_rows": lambda: kernels.onednn_rows(x2, self._cache["packed"], self.weight_scale, self.bias),
         }
         return candidates[kernels.fastest(self._race_key(x2.shape[0]), candidates)]()
+
+    def _traceable(self, rows: int) -> bool:
+        """As the base, and: inductor (torch 2.13) miscompiles the weight-only kernels; per-tensor dynamic layers
+        read their activation range as Python numbers (a graph break anyway); a per-token layer's kernel race
+        times calls, which cannot be traced, so its choice must already be made."""
+        if self.mode == "weight_only" or not super()._traceable(rows):
+            return False
+        return self.mode == "static" or (self.per_token and kernels.chosen(self._race_key(rows)) is not None)
 
     def _race_key(self, rows: int) -> tuple:
         """The dynamic kernel race's key: rows bucketed to a power of two (token counts vary call to call, the
