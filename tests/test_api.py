@@ -31,3 +31,10 @@ def test_override_patterns_accept_regexes():
 def test_override_config_with_its_own_include_is_refused():
     with pytest.raises(st.ConfigError, match="include must be unset"):
         st.quantize(_mlp(), st.DynamicQuant(), overrides={"0": st.DynamicQuant(include=("2",))})
+
+
+def test_bad_override_changes_nothing():
+    model = _mlp()
+    with pytest.raises(st.ConfigError, match="quantization config or None"):
+        st.quantize(model, st.DynamicQuant(), overrides={"0": st.DynamicQuant(), "2": st.UnstructuredPruning()})
+    assert all(type(m) is not QuantLinear for m in model)  # the valid first override was not applied either

@@ -121,16 +121,19 @@ def quantize(
     common = {"data": data, "example_inputs": example_inputs, "seed": seed}
     if not overrides:
         return _apply("quantize", model, config, select=select, **common)
+    # every override is checked before the first one changes the model
+    if not hasattr(config, "exclude"):
+        raise ConfigError(f"{type(config).__name__} has no exclude field, so it cannot take overrides")
     for pattern, cfg in overrides.items():
-        if cfg is None:
-            continue
+        if cfg is not None and (not isinstance(cfg, Config) or cfg.stage != "quantize"):
+            raise ConfigError(f"overrides[{pattern!r}] must be a quantization config or None, got {cfg!r}")
         if getattr(cfg, "include", None) is not None:
             raise ConfigError(f"overrides[{pattern!r}]: {type(cfg).__name__}.include must be unset; the pattern "
                               "picks the layers")
-        _apply("quantize", model, cfg, select=[pattern], **common)
-    if not hasattr(config, "exclude"):
-        raise ConfigError(f"{type(config).__name__} has no exclude field, so it cannot take overrides")
     rest = dataclasses.replace(config, exclude=tuple(config.exclude) + tuple(overrides))
+    for pattern, cfg in overrides.items():
+        if cfg is not None:
+            _apply("quantize", model, cfg, select=[pattern], **common)
     return _apply("quantize", model, rest, select=select, **common)
 
 
