@@ -30,13 +30,21 @@ import torch
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+#: CPU features that decide which integer / bfloat16 kernels exist (AMX tiles make int8 GEMMs several times
+#: faster than AVX-512 VNNI): machines drawn for different sessions differ in them
+_ISA_FLAGS = ("avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
+
+
 def environment() -> dict[str, Any]:
-    """Versions, threads and machine load, recorded with every result."""
-    cpu = platform.processor() or platform.machine()
+    """Versions, threads, CPU (model and the int8/bf16 features it has) and machine load, recorded with every
+    result."""
+    cpu, flags = platform.processor() or platform.machine(), set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
                 break
     except OSError:
         pass
@@ -45,6 +53,7 @@ def environment() -> dict[str, Any]:
         "python": platform.python_version(),
         "threads": torch.get_num_threads(),
         "cpu": cpu,
+        "isa": " ".join(f for f in _ISA_FLAGS if f in flags) or "unknown",
         "cores": os.cpu_count(),
         "loadavg_before": os.getloadavg()[0],
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -71,7 +80,8 @@ def to_markdown(name: str, result: dict[str, Any]) -> str:
         lines.append(f"- {note}")
     lines.append("")
     lines.append(
-        f"_torch {env['torch']}, {env['threads']} threads, {env['cpu']} ({env['cores']} cores), "
+        f"_torch {env['torch']}, {env['threads']} threads, {env['cpu']} ({env['cores']} cores"
+        f"{', ' + env['isa'] if 'isa' in env else ''}), "
         f"load average before the run {env['loadavg_before']:.2f}, {env['date']}, "
         f"{'quick' if result.get('quick') else 'full'} run, {result['seconds']:.0f} s"
         f"{', allocator ' + env['allocator'] if 'allocator' in env else ''}._"

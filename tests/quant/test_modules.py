@@ -54,8 +54,8 @@ def test_per_row_dynamic_kernels_both_equal_reference(rows):
     x = torch.randn(rows, 96) * 3
     ref = q.reference(x)
     packed = torch.ops.onednn.qlinear_prepack(q.int_weight(), None)
-    via_int_mm = kernels.int_mm_rows(x, q.int_weight().t().contiguous(), q.weight_scale)
-    via_onednn = kernels.onednn_rows(x, packed, q.weight_scale)
+    via_int_mm = kernels.int_mm_rows(*kernels.quantize_rows(x), q.int_weight().t().contiguous(), q.weight_scale)
+    via_onednn = kernels.onednn_rows(*kernels.quantize_rows(x, unsigned=True), packed, q.weight_scale)
     for out in (via_int_mm, via_onednn):
         assert torch.allclose(out, ref, atol=1e-5 * ref.abs().max(), rtol=1e-5)
 

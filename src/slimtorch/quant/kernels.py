@@ -6,7 +6,7 @@
 - ``int_mm_rows`` / ``onednn_rows``: activations quantized per row (token) at run time, then ``torch._int_mm``
   (int8 x int8 -> int32, exact) or oneDNN (the int8 rows shifted to uint8 with zero point 128 and scale 1, the
   row scales applied to the float output: the same numbers); the faster one per shape is kept.
-  ``onednn_dynamic``: one asymmetric uint8 scale per call, then oneDNN.
+  Per tensor (:func:`quantize_tensor`): one asymmetric uint8 scale per call, then oneDNN (:func:`qlinear_u8`).
 - weight-only (in ``QuantLinear``): ``aten._weight_int8pack_mm`` (int8) and ``aten._weight_int4pack_mm_for_cpu``
   (int4) raced by :func:`fastest` against dequantize-then-matmul; the faster one per shape is kept.
 
@@ -57,10 +57,16 @@ def quantize_uint8(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tens
     adding the zero point, so at exact ties of ``x / scale`` it can differ by one code from rounding first (as
     ``qparams.quantize`` and ONNX's QuantizeLinear do); everywhere else the two agree.
     """
+    return _quantize_fused(x, scale, zero_point, torch.quint8)
+
+
+def _quantize_fused(x: torch.Tensor, scale: float, zero_point: int, qdtype: torch.dtype) -> torch.Tensor:
+    """:func:`quantize_uint8` for ``qdtype`` quint8 (uint8 out) or qint8 (int8 out, clamped to -128..127)."""
+    plain, lo, hi = (torch.uint8, 0, 255) if qdtype == torch.quint8 else (torch.int8, -128, 127)
     if torch.compiler.is_compiling():  # the same formula, which inductor fuses into one loop (set_ is untraceable)
-        return torch.round(x * (1.0 / scale) + zero_point).clamp_(0, 255).to(torch.uint8)
-    q = torch.quantize_per_tensor(x, scale, zero_point, torch.quint8)
-    return torch.empty(0, dtype=torch.uint8, device=x.device).set_(
+        return torch.round(x * (1.0 / scale) + zero_point).clamp_(lo, hi).to(plain)
+    q = torch.quantize_per_tensor(x, scale, zero_point, qdtype)
+    return torch.empty(0, dtype=plain, device=x.device).set_(
         q.untyped_storage(), q.storage_offset(), q.size(), q.stride())
 
 
@@ -114,20 +120,28 @@ def qlinear_static(
     relu: bool = False,
 ) -> torch.Tensor:
     """Static int8 linear layer of float ``x`` [..., in] with a weight from ``onednn.qlinear_prepack``."""
-    lead = x.shape[:-1]
     qx = quantize_uint8(x.reshape(-1, x.shape[-1]), x_scale, x_zero_point)
-    out = torch.ops.onednn.qlinear_pointwise(
+    return qlinear_u8(qx, x_scale, x_zero_point, packed, w_scale, bias, relu).reshape(*x.shape[:-1], -1)
+
+
+def qlinear_u8(qx: torch.Tensor, x_scale: float, x_zero_point: int, packed: torch.Tensor, w_scale: torch.Tensor,
+               bias: torch.Tensor | None, relu: bool = False) -> torch.Tensor:
+    """oneDNN int8 product of an already quantized uint8 ``qx`` [M, in]: float32 [M, out] (+ bias, ReLU)."""
+    return torch.ops.onednn.qlinear_pointwise(
         qx, x_scale, x_zero_point, packed, w_scale, _zeros(w_scale.numel()), bias, 1.0, 0, torch.float32,
         "relu" if relu else "none", [], "",
     )
-    return out.reshape(*lead, -1)
 
 
-def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric int8 per row of a 2-D float tensor: ``(q int8 [M, K], scale float32 [M, 1])``."""
-    # abs().amax() measured 8-10x faster than linalg.vector_norm(inf) on AVX-512 (one vectorized pass each)
-    amax = x.abs().amax(dim=1, keepdim=True).clamp_(min=1e-12)
-    q = x.mul(127.0 / amax).round_().to(torch.int8)  # |x| * 127 / amax <= 127: no clamp needed
+def quantize_rows(x: torch.Tensor, unsigned: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric 8-bit per row of a 2-D float tensor: ``(q [M, K], scale float32 [M, 1])``.
+
+    ``q`` is int8 (``round(x / scale)``, -127..127), or with ``unsigned`` the same codes + 128 as uint8 (the
+    form oneDNN's u8 x s8 kernels take). Three passes: row extremes, scaling, one fused rounding.
+    """
+    # max(-min, max) reads x twice without writing; abs().amax() measured slower from 128 x 3072 up
+    amax = torch.maximum(x.amax(dim=1, keepdim=True), x.amin(dim=1, keepdim=True).neg_()).clamp_(min=1e-12)
+    q = _quantize_fused(x.mul(127.0 / amax), 1.0, 128 if unsigned else 0, torch.quint8 if unsigned else torch.qint8)
     return q, amax.mul_(1.0 / 127.0)
 
 
@@ -136,22 +150,20 @@ def _row_scaled(out: torch.Tensor, sx: torch.Tensor, bias: torch.Tensor | None) 
     return out.mul_(sx) if bias is None else torch.addcmul(bias, out, sx)
 
 
-def int_mm_rows(x2: torch.Tensor, qweight_t: torch.Tensor, w_scale: torch.Tensor,
+def int_mm_rows(qx: torch.Tensor, sx: torch.Tensor, qweight_t: torch.Tensor, w_scale: torch.Tensor,
                 bias: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-row dynamic int8 product through ``torch._int_mm``: x2 [M, K] float, qweight_t int8 [K, N], + bias."""
-    qx, sx = quantize_rows(x2)
+    """Per-row dynamic int8 product through ``torch._int_mm``: ``(qx, sx) = quantize_rows(x)``, qweight_t int8
+    [K, N], + bias; float32 [M, N]."""
     return _row_scaled(torch._int_mm(qx, qweight_t).float().mul_(w_scale), sx, bias)
 
 
-def onednn_rows(x2: torch.Tensor, packed: torch.Tensor, w_scale: torch.Tensor,
+def onednn_rows(qx: torch.Tensor, sx: torch.Tensor, packed: torch.Tensor, w_scale: torch.Tensor,
                 bias: torch.Tensor | None = None) -> torch.Tensor:
     """Per-row dynamic int8 product (+ bias) through oneDNN, equal to :func:`int_mm_rows` up to float rounding.
 
-    The int8 rows become uint8 with zero point 128 and scale 1, so oneDNN's integer accumulation is the exact
-    ``sum(q_x * q_w)``; the per-row scales multiply the float output.
+    ``(qx, sx) = quantize_rows(x, unsigned=True)``: the codes + 128 as uint8, so with zero point 128 and scale 1
+    oneDNN's integer accumulation is the exact ``sum(q_x * q_w)``; the per-row scales multiply the float output.
     """
-    qx, sx = quantize_rows(x2)
-    qx = qx.view(torch.uint8).bitwise_xor_(0x80)  # two's complement q -> q + 128 as uint8, no widening
     out = torch.ops.onednn.qlinear_pointwise(
         qx, 1.0, 128, packed, w_scale, _zeros(w_scale.numel()), None, 1.0, 0, torch.float32, "none", [], "",
     )
@@ -166,11 +178,10 @@ def tensor_qparams(x: torch.Tensor) -> tuple[float, int]:
     return scale, int(min(max(round(-lo / scale), 0), 255))
 
 
-def onednn_dynamic(x2: torch.Tensor, packed: torch.Tensor, w_scale: torch.Tensor,
-                   bias: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-tensor dynamic int8 product (+ bias) through oneDNN: the activation range is measured on this call."""
-    scale, zp = tensor_qparams(x2)
-    return qlinear_static(x2, packed, scale, zp, w_scale, bias)
+def quantize_tensor(x: torch.Tensor) -> tuple[torch.Tensor, float, int]:
+    """Asymmetric uint8 over ``x``'s range measured now: ``(q uint8, scale, zero_point)``."""
+    scale, zp = tensor_qparams(x)
+    return quantize_uint8(x, scale, zp), scale, zp
 
 
 def fake_dynamic(x2: torch.Tensor, per_token: bool) -> torch.Tensor:
@@ -178,8 +189,8 @@ def fake_dynamic(x2: torch.Tensor, per_token: bool) -> torch.Tensor:
     if per_token:
         q, s = quantize_rows(x2)
         return q.float() * s
-    scale, zp = tensor_qparams(x2)
-    return (quantize_uint8(x2, scale, zp).float() - zp) * scale
+    q, scale, zp = quantize_tensor(x2)
+    return (q.float() - zp) * scale
 
 
 def pack_int4_for_cpu(q: torch.Tensor) -> torch.Tensor:

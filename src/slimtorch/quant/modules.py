@@ -167,16 +167,17 @@ class QuantLinear(_QuantBase):
                                       self.relu)
 
     def _dynamic(self, x2: torch.Tensor) -> torch.Tensor:
+        if "packed" not in self._cache:
+            self._cache["packed"] = torch.ops.onednn.qlinear_prepack(self.int_weight(), None)
         if not self.per_token:
-            if "packed" not in self._cache:
-                self._cache["packed"] = torch.ops.onednn.qlinear_prepack(self.int_weight(), None)
-            return kernels.onednn_dynamic(x2, self._cache["packed"], self.weight_scale, self.bias)
+            return kernels.qlinear_u8(*kernels.quantize_tensor(x2), self._cache["packed"], self.weight_scale, self.bias)
         if "wt" not in self._cache:
             self._cache["wt"] = self.int_weight().t().contiguous()  # [in, out] for _int_mm
-            self._cache["packed"] = torch.ops.onednn.qlinear_prepack(self.int_weight(), None)
         candidates = {
-            "int_mm_rows": lambda: kernels.int_mm_rows(x2, self._cache["wt"], self.weight_scale, self.bias),
-            "onednn_rows": lambda: kernels.onednn_rows(x2, self._cache["packed"], self.weight_scale, self.bias),
+            "int_mm_rows": lambda: kernels.int_mm_rows(*kernels.quantize_rows(x2), self._cache["wt"],
+                                                       self.weight_scale, self.bias),
+            "onednn_rows": lambda: kernels.onednn_rows(*kernels.quantize_rows(x2, unsigned=True),
+                                                       self._cache["packed"], self.weight_scale, self.bias),
         }
         return candidates[kernels.fastest(self._race_key(x2.shape[0]), candidates)]()
 
