@@ -15,12 +15,14 @@ The harness adds the environment (torch version, threads, CPU, load average befo
 from __future__ import annotations
 
 import argparse
+import copy
 import ctypes
 import json
 import os
 import platform
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -167,3 +169,29 @@ def ort_runner(model: torch.nn.Module, x: torch.Tensor, *, spinning: bool = True
     session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
     feed = {session.get_inputs()[0].name: x.numpy()}
     return lambda: session.run(None, feed)
+
+
+def compiled(model: torch.nn.Module, x: torch.Tensor) -> Callable[[torch.Tensor], Any] | None:
+    """``torch.compile`` of a copy of ``model`` with inductor freezing (weights as constants: BN folded, oneDNN
+    weights pre-packed), compiled for ``x``'s shape; None (with a warning) where compiling fails.
+
+    The copy runs once eagerly first: a quantized model then has its weights packed and its kernel race
+    settled, so inductor traces its integer kernels into the graph.
+    """
+    import torch._dynamo.config as dynamo_cfg
+    import torch._inductor.config as cfg
+
+    cfg.freezing = True
+    # every compiled copy of the same classes counts against one recompile budget: past it, dynamo silently
+    # falls back to eager, which would time eager code under a "compiled" label
+    dynamo_cfg.cache_size_limit = dynamo_cfg.accumulated_cache_size_limit = 256
+    try:
+        twin = copy.deepcopy(model)
+        with torch.no_grad():
+            twin(x)
+            fn = torch.compile(twin)
+            fn(x)
+        return fn
+    except Exception as err:  # a peer that fails is reported, not fatal
+        warnings.warn(f"torch.compile failed: {err}", stacklevel=2)
+        return None

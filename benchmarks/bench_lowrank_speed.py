@@ -16,7 +16,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import main, ort_runner  # noqa: E402
+from _harness import compiled, main, ort_runner  # noqa: E402
 
 import slimtorch as st  # noqa: E402
 from slimtorch.measure.flops import count_flops  # noqa: E402
@@ -28,16 +28,6 @@ def _block() -> nn.Module:
     return nn.Sequential(nn.Linear(768, 3072), nn.GELU(), nn.Linear(3072, 768)).eval()
 
 
-def _compiled(model: nn.Module, x: torch.Tensor):
-    import torch._inductor.config as inductor_config
-
-    inductor_config.freezing = True  # weights constant-folded and prepacked for oneDNN
-    fn = torch.compile(model)
-    with torch.inference_mode():
-        fn(x)
-    return lambda: fn(x)
-
-
 def _compare(label: str, dense: nn.Module, lowrank: nn.Module, x: torch.Tensor, quick: bool, raw: dict) -> list:
     """Rows for one input: each runtime's dense and low-rank variants, timed round-robin."""
     flops_dense, flops_lowrank = count_flops(dense, x), count_flops(lowrank, x)
@@ -46,10 +36,10 @@ def _compare(label: str, dense: nn.Module, lowrank: nn.Module, x: torch.Tensor, 
     fns = {"eager dense": lambda: dense(x), "eager low-rank": lambda: lowrank(x)}
     fns["ORT dense"], fns["ORT low-rank"] = ort_runner(dense, x), ort_runner(lowrank, x)
     if not quick:
-        fns["compiled dense"] = _compiled(copy.deepcopy(dense), x)
-        torch._dynamo.reset()
-        fns["compiled low-rank"] = _compiled(copy.deepcopy(lowrank), x)
-        torch._dynamo.reset()
+        for name, model in (("compiled dense", dense), ("compiled low-rank", lowrank)):
+            fn = compiled(model, x)
+            if fn is not None:
+                fns[name] = lambda fn=fn: fn(x)
     timings = time_interleaved(fns, rounds=3 if quick else 7, round_seconds=0.2 if quick else 0.4)
     ms = {k: t.median_ms for k, t in timings.items()}
     fastest_dense = min(v for k, v in ms.items() if "dense" in k)

@@ -18,13 +18,12 @@ from __future__ import annotations
 import copy
 import os
 import sys
-import warnings
 
 import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _harness import main  # noqa: E402
+from _harness import compiled, main  # noqa: E402
 
 import slimtorch as st  # noqa: E402
 from slimtorch.measure.latency import time_interleaved  # noqa: E402
@@ -106,31 +105,6 @@ def resnet(widths=(64, 128, 256, 512)) -> nn.Module:
     return model.eval()
 
 
-def _compiled(model: nn.Module, x: torch.Tensor):
-    """``torch.compile`` with inductor freezing (weights as constants: BN folded, oneDNN weights pre-packed).
-
-    The copy runs once eagerly first: a quantized model then has its weights packed and its kernel race
-    settled, so inductor traces its integer kernels into the graph.
-    """
-    import torch._dynamo.config as dynamo_cfg
-    import torch._inductor.config as cfg
-
-    cfg.freezing = True
-    # every compiled copy of the same classes counts against one recompile budget: past it, dynamo silently
-    # falls back to eager, which would time eager code under a "compiled" label
-    dynamo_cfg.cache_size_limit = dynamo_cfg.accumulated_cache_size_limit = 256
-    try:
-        twin = copy.deepcopy(model)
-        with torch.no_grad():
-            twin(x)
-            fn = torch.compile(twin)
-            fn(x)
-        return fn
-    except Exception as err:  # a peer that fails is reported, not fatal
-        warnings.warn(f"torch.compile failed: {err}", stacklevel=2)
-        return None
-
-
 def _torchao(model: nn.Module, kind: str):
     try:
         from torchao.quantization import Int4WeightOnlyConfig, Int8DynamicActivationInt8WeightConfig, quantize_
@@ -202,7 +176,7 @@ def run(quick: bool) -> dict:
                    "torch.ao quantize_dynamic": _cos(ref, ao(x))}
             if not isinstance(tao, str):
                 cos["torchao int8 dynamic"] = _cos(ref, tao(x))
-        comp = _compiled(enc, x)
+        comp = compiled(enc, x)
         fns = {"fp32 eager": lambda x=x: enc(x), "fp32 compiled": None if comp is None else (lambda x=x, c=comp: c(x)),
                "slimtorch DynamicQuant": lambda x=x: dyn(x), "slimtorch DynamicQuant per tensor": lambda x=x: dyn_t(x),
                "torch.ao quantize_dynamic": lambda x=x: ao(x)}
@@ -225,7 +199,7 @@ def run(quick: bool) -> dict:
         x = torch.randn(batch, 3, 224, 224)
         with torch.no_grad():
             cos = {"slimtorch StaticQuant": _cos(cnn(x), sq(x))}
-        comp, sq_c = (None, None) if quick else (_compiled(cnn, x), _compiled(sq, x))
+        comp, sq_c = (None, None) if quick else (compiled(cnn, x), compiled(sq, x))
         fns = {"fp32 eager": lambda x=x: cnn(x), "fp32 compiled": None if comp is None else (lambda x=x, c=comp: c(x)),
                "slimtorch StaticQuant": lambda x=x: sq(x),
                "slimtorch StaticQuant, compiled": None if sq_c is None else (lambda x=x, c=sq_c: c(x))}

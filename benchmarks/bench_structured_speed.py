@@ -1,6 +1,6 @@
 """Does speed follow FLOPs after structured pruning? A ResNet-18-style CNN and a ViT-style encoder, pruned to
-half their FLOPs by slimtorch and by Torch-Pruning, timed round-robin at batch 1 in eager PyTorch and ONNX
-Runtime (the fastest fp32 path here), all in one process on the same models and inputs."""
+half their FLOPs by slimtorch and by Torch-Pruning, timed round-robin at batch 1 in eager PyTorch,
+``torch.compile`` (inductor with freezing) and ONNX Runtime, all in one process on the same models and inputs."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import main, ort_runner  # noqa: E402
+from _harness import compiled, main, ort_runner  # noqa: E402
 
 import slimtorch as st  # noqa: E402
 from slimtorch.measure.flops import count_flops  # noqa: E402
@@ -154,11 +154,16 @@ def _bench(name: str, model: nn.Module, x: torch.Tensor, quick: bool) -> tuple[l
             fns[f"ORT {k}"] = ort_runner(m, x)
         except Exception as err:
             notes.append(f"{name}: ONNX export of {k} failed ({type(err).__name__})")
+        fn = None if quick else compiled(m, x)
+        if fn is not None:
+            fns[f"compiled {k}"] = lambda fn=fn: fn(x)
     # one round-robin group per runtime: PyTorch's OpenMP workers keep spinning after a call and would tax
     # whichever ONNX Runtime session runs next (and vice versa), which skews ratios inside a mixed group
     med = {}
-    for runtime in ("eager", "ORT"):
+    for runtime in ("eager", "compiled", "ORT"):
         group = {k: f for k, f in fns.items() if k.startswith(runtime + " ")}
+        if not group:
+            continue
         timings = time_interleaved(group, rounds=3 if quick else 7, round_seconds=0.2 if quick else 0.4)
         med.update({k: t.median_ms for k, t in timings.items()})
     fastest_dense = min(v for k, v in med.items() if k.endswith(" dense"))
@@ -168,7 +173,8 @@ def _bench(name: str, model: nn.Module, x: torch.Tensor, quick: bool) -> tuple[l
         same = med[f"{runtime} dense"]
         rows.append([name, k, params[variant], flops[variant] / 1e6, ms, med["eager dense"] / ms, fastest_dense / ms,
                      same / ms])
-    sp = {r: med[f"{r} dense"] / med[f"{r} slimtorch 50% FLOPs"] for r in ("eager", "ORT") if f"{r} dense" in med}
+    sp = {r: med[f"{r} dense"] / med[f"{r} slimtorch 50% FLOPs"] for r in ("eager", "compiled", "ORT")
+          if f"{r} dense" in med and f"{r} slimtorch 50% FLOPs" in med}
     notes.append(f"{name}: slimtorch keeps {flops['slimtorch 50% FLOPs'] / flops['dense']:.1%} of the FLOPs; "
                  f"batch-1 speedup on the same runtime " + ", ".join(f"{r} {v:.2f}x" for r, v in sp.items())
                  + " (target 1.7x: " + ("met" if min(sp.values()) >= 1.7 else "NOT met on every runtime") + ").")
@@ -198,8 +204,8 @@ def run(quick: bool) -> dict:
         "description": f"st.prune(model, StructuredPruning(ratio=0.5, target='flops', round_to={ROUND_TO})) against "
                        "the dense "
                        "model and Torch-Pruning's MagnitudePruner at the same FLOPs, timed round-robin "
-                       "(time_interleaved) at batch 1 in eager PyTorch and ONNX Runtime (intra-op threads = torch "
-                       "threads).",
+                       "(time_interleaved) at batch 1 in eager PyTorch, torch.compile (inductor, freezing on) and ONNX "
+                       "Runtime (intra-op threads = torch threads).",
         "columns": ["model", "variant", "params", "MFLOPs", "median ms", "speedup vs eager dense",
                     "speedup vs fastest dense", "speedup vs dense, same runtime"],
         "rows": rows,
