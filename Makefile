@@ -29,4 +29,4 @@ bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/run.py
 
 clean:
-	rm -rf $(VENV) out
+	rm -rf $(VENV) out slimtorch-demo
