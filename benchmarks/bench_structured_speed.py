@@ -1,12 +1,11 @@
 """Does speed follow FLOPs after structured pruning? A ResNet-18-style CNN and a ViT-style encoder, pruned to
-half their FLOPs by slimtorch and by Torch-Pruning, timed round-robin at batch 1 in eager PyTorch,
+half their FLOPs by slimtorch and by Torch-Pruning, timed in alternating blocks of calls at batch 1 in eager PyTorch,
 ``torch.compile`` (inductor with freezing) and ONNX Runtime, all in one process on the same models and inputs."""
 
 from __future__ import annotations
 
 import copy
 import os
-import statistics
 import sys
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from _harness import compiled, main, ort_runner  # noqa: E402
 
 import slimtorch as st  # noqa: E402
 from slimtorch.measure.flops import count_flops  # noqa: E402
-from slimtorch.measure.latency import time_interleaved  # noqa: E402
+from slimtorch.measure.latency import time_alternating  # noqa: E402
 
 
 class Block(nn.Module):
@@ -144,8 +143,11 @@ def depth_and_width(model: nn.Module, x: torch.Tensor, keep: float) -> nn.Module
 #: pay for padding their FLOPs do not count (slimtorch at 8 is timed too, for comparison)
 ROUND_TO = 16
 DEPTH = "slimtorch 50% FLOPs, 1 block + widths"
-#: round-robin rounds per runtime (full run); the same-runtime speedup is the median of per-round ratios
-ROUNDS = 11
+#: contenders alternate in blocks of 10 calls (full run: 60 blocks, at most 40 s per runtime): per-call samples
+#: finely interleaved. Round-robin rounds of 0.4 s each (``time_interleaved``) let one noise burst hit one
+#: contender's whole round: two identical models then differed by up to 33% in ONNX Runtime on a noisy host,
+#: against 1-3% this way
+BLOCKS, SECONDS_PER_RUNTIME = 60, 40.0
 
 
 def _bench(name: str, model: nn.Module, x: torch.Tensor, quick: bool) -> tuple[list, list[str]]:
@@ -180,13 +182,13 @@ def _bench(name: str, model: nn.Module, x: torch.Tensor, quick: bool) -> tuple[l
     for runtime in ("eager", "compiled", "ORT"):
         group = {k: f for k, f in fns.items() if k.startswith(runtime + " ")}
         if group:
-            timings.update(time_interleaved(group, rounds=3 if quick else ROUNDS, round_seconds=0.2 if quick else 0.4))
+            timings.update(time_alternating(group, blocks=8 if quick else BLOCKS, repeats=10,
+                                            max_seconds=5 if quick else SECONDS_PER_RUNTIME))
     med = {k: t.median_ms for k, t in timings.items()}
 
     def same_runtime(k: str) -> float:
-        """Median over rounds of (dense time / this time) within the round: load drift between rounds cancels."""
-        dense = timings[k.split(" ", 1)[0] + " dense"].samples_ms
-        return statistics.median(d / v for d, v in zip(dense, timings[k].samples_ms, strict=True))
+        """This contender's speed-up over the same runtime's dense model (ratio of per-call medians)."""
+        return med[k.split(" ", 1)[0] + " dense"] / med[k]
 
     fastest_dense = min(v for k, v in med.items() if k.endswith(" dense"))
     rows = []
@@ -225,12 +227,11 @@ def run(quick: bool) -> dict:
     return {
         "title": "Structured pruning speed: half the FLOPs, batch 1",
         "description": f"st.prune(model, StructuredPruning(ratio=0.5, target='flops', round_to={ROUND_TO})) against "
-                       "the dense "
-                       "model and Torch-Pruning's MagnitudePruner at the same FLOPs, timed round-robin "
-                       "(time_interleaved) at batch 1 in eager PyTorch, torch.compile (inductor, freezing on) and ONNX "
-                       "Runtime (intra-op threads = torch threads).",
+                       "the dense model and Torch-Pruning's MagnitudePruner at the same FLOPs, timed in alternating "
+                       "blocks of 10 calls (time_alternating, per-call medians) at batch 1 in eager PyTorch, "
+                       "torch.compile (inductor, freezing on) and ONNX Runtime (intra-op threads = torch threads).",
         "columns": ["model", "variant", "params", "MFLOPs", "median ms", "speedup vs eager dense",
-                    "speedup vs fastest dense", "speedup vs dense, same runtime (median of per-round ratios)"],
+                    "speedup vs fastest dense", "speedup vs dense, same runtime"],
         "rows": rows,
         "notes": notes,
     }
