@@ -1,6 +1,7 @@
 """Quantization speed: slimtorch's integer kernels next to eager fp32, compiled fp32 and the peers, one process.
 
-Three cases from issue 4, each timed round-robin (``time_interleaved``); "compiled" rows are ``torch.compile``
+Three cases from issue 4, each timed in alternating blocks of 5 calls (``time_alternating``, per-call medians);
+"compiled" rows are ``torch.compile``
 with inductor freezing, of the float model (the fastest fp32 path) and, for the CNN, of slimtorch's quantized one:
 - dynamic int8 on a BERT-base-width encoder (d=768, 12 heads, FFN 3072), 128 tokens, batch 1 and 8;
   peers: ``torch.ao.quantization.quantize_dynamic`` and torchao ``Int8DynamicActivationInt8WeightConfig``;
@@ -26,7 +27,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from _harness import compiled, main  # noqa: E402
 
 import slimtorch as st  # noqa: E402
-from slimtorch.measure.latency import time_interleaved  # noqa: E402
+from slimtorch.measure.latency import time_alternating  # noqa: E402
 from slimtorch.quant.kernels import qlinear_u8  # noqa: E402
 
 
@@ -142,7 +143,9 @@ def _quanto(model: nn.Module):
 def _race(fns: dict, quick: bool) -> dict:
     fns = {k: v for k, v in fns.items() if v is not None}
     with torch.no_grad():
-        t = time_interleaved(fns, rounds=3 if quick else 5, round_seconds=0.2 if quick else 0.5, warmup=2)
+        # alternating blocks of a few calls spread a noise burst over every contender (round-robin rounds of
+        # 0.5 s let one burst hit one contender's round: the same contender moved by up to 40% between runs)
+        t = time_alternating(fns, blocks=4 if quick else 12, repeats=5, warmup=2, max_seconds=5 if quick else 30)
     return {k: v.median_ms for k, v in t.items()}
 
 
