@@ -170,7 +170,8 @@ def _bench(name: str, model: nn.Module, x: torch.Tensor, quick: bool) -> tuple[l
     fns = {f"eager {k}": (lambda m=m: m(x)) for k, m in contenders.items()}
     for k, m in contenders.items():
         try:
-            fns[f"ORT {k}"] = ort_runner(m, x)
+            # spinning off: in alternating blocks one session's spinning workers would tax the next session's block
+            fns[f"ORT {k}"] = ort_runner(m, x, spinning=False)
         except Exception as err:
             notes.append(f"{name}: ONNX export of {k} failed ({type(err).__name__})")
         fn = None if quick else compiled(m, x)
