@@ -195,3 +195,21 @@ def compiled(model: torch.nn.Module, x: torch.Tensor) -> Callable[[torch.Tensor]
     except Exception as err:  # a peer that fails is reported, not fatal
         warnings.warn(f"torch.compile failed: {err}", stacklevel=2)
         return None
+
+
+def time_per_runtime(fns: dict[str, Callable[[], Any]], runtimes: tuple[str, ...], *, blocks: int,
+                     max_seconds: float, repeats: int = 10) -> dict[str, Any]:
+    """Time contenders named ``"RUNTIME variant"`` one runtime at a time, each group in alternating blocks of
+    ``repeats`` calls (``time_alternating``; per-call samples, so a noise burst is spread over the group).
+
+    Groups stay apart because runtimes disturb each other: PyTorch's OpenMP workers keep spinning after a call
+    and tax an ONNX Runtime session that runs next. Returns contender name -> ``Timing``.
+    """
+    from slimtorch.measure.latency import time_alternating
+
+    timings: dict[str, Any] = {}
+    for runtime in runtimes:
+        group = {k: f for k, f in fns.items() if k.startswith(runtime + " ")}
+        if group:
+            timings.update(time_alternating(group, blocks=blocks, repeats=repeats, max_seconds=max_seconds))
+    return timings

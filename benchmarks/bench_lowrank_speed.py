@@ -16,11 +16,10 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import compiled, main, ort_runner  # noqa: E402
+from _harness import compiled, main, ort_runner, time_per_runtime  # noqa: E402
 
 import slimtorch as st  # noqa: E402
 from slimtorch.measure.flops import count_flops  # noqa: E402
-from slimtorch.measure.latency import time_alternating  # noqa: E402
 
 
 def _block() -> nn.Module:
@@ -42,14 +41,8 @@ def _compare(label: str, dense: nn.Module, lowrank: nn.Module, x: torch.Tensor, 
             fn = compiled(model, x)
             if fn is not None:
                 fns[name] = lambda fn=fn: fn(x)
-    # one group per runtime (PyTorch's spinning OpenMP workers would tax an ONNX Runtime session run next), each
-    # timed in alternating blocks of 10 calls: a noise burst is spread over both contenders
-    timings = {}
-    for runtime in ("eager", "ORT", "compiled"):
-        group = {k: f for k, f in fns.items() if k.startswith(runtime + " ")}
-        if group:
-            timings.update(time_alternating(group, blocks=4 if quick else 20, repeats=10,
-                                            max_seconds=3 if quick else 15))
+    timings = time_per_runtime(fns, ("eager", "ORT", "compiled"), blocks=4 if quick else 20,
+                               max_seconds=3 if quick else 15)
     ms = {k: t.median_ms for k, t in timings.items()}
     fastest_dense = min(v for k, v in ms.items() if "dense" in k)
     raw[label] = {k: t.samples_ms for k, t in timings.items()}

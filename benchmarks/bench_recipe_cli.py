@@ -57,6 +57,8 @@ def run(quick: bool) -> dict:
     peer_size = buffer.tell()
     x = data.example_inputs(BATCH)
     fp32_compiled = compiled(model.eval(), x)  # inductor freezing: BN folded, weights prepacked
+    if fp32_compiled is None:
+        raise RuntimeError("torch.compile of the float model failed: no fastest-fp32 baseline to compare against")
     ours_compiled = compiled(compressed, x)  # oneDNN int8 kernels traced into one graph, epilogues fused
     fns = {"fp32": lambda: model(x), "fp32 compiled": lambda: fp32_compiled(x), "slimtorch": lambda: compressed(x),
            "torch.ao FX int8": lambda: peer(x)}

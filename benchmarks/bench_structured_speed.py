@@ -15,11 +15,10 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import compiled, main, ort_runner  # noqa: E402
+from _harness import compiled, main, ort_runner, time_per_runtime  # noqa: E402
 
 import slimtorch as st  # noqa: E402
 from slimtorch.measure.flops import count_flops  # noqa: E402
-from slimtorch.measure.latency import time_alternating  # noqa: E402
 
 
 class Block(nn.Module):
@@ -177,14 +176,8 @@ def _bench(name: str, model: nn.Module, x: torch.Tensor, quick: bool) -> tuple[l
         fn = None if quick else compiled(m, x)
         if fn is not None:
             fns[f"compiled {k}"] = lambda fn=fn: fn(x)
-    # one round-robin group per runtime: PyTorch's OpenMP workers keep spinning after a call and would tax
-    # whichever ONNX Runtime session runs next (and vice versa), which skews ratios inside a mixed group
-    timings = {}
-    for runtime in ("eager", "compiled", "ORT"):
-        group = {k: f for k, f in fns.items() if k.startswith(runtime + " ")}
-        if group:
-            timings.update(time_alternating(group, blocks=8 if quick else BLOCKS, repeats=10,
-                                            max_seconds=5 if quick else SECONDS_PER_RUNTIME))
+    timings = time_per_runtime(fns, ("eager", "compiled", "ORT"), blocks=8 if quick else BLOCKS,
+                               max_seconds=5 if quick else SECONDS_PER_RUNTIME)
     med = {k: t.median_ms for k, t in timings.items()}
 
     def same_runtime(k: str) -> float:
@@ -223,7 +216,7 @@ def run(quick: bool) -> dict:
     notes.append("On the ViT, widths x8 and x16 give the same architecture (equal parameters and FLOPs): the spread "
                  "between those two rows on one runtime is this machine's measurement noise.")
     notes.append(f"Load average after the run: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores. Each runtime's "
-                 "contenders are timed in their own round-robin group: in one mixed group PyTorch's spinning "
+                 "contenders are timed in their own group: in one mixed group PyTorch's spinning "
                  "OpenMP workers tax the ONNX Runtime session that runs next, which skewed ratios by up to 30%.")
     return {
         "title": "Structured pruning speed: half the FLOPs, batch 1",

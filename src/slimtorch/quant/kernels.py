@@ -164,10 +164,7 @@ def onednn_rows(qx: torch.Tensor, sx: torch.Tensor, packed: torch.Tensor, w_scal
     ``(qx, sx) = quantize_rows(x, unsigned=True)``: the codes + 128 as uint8, so with zero point 128 and scale 1
     oneDNN's integer accumulation is the exact ``sum(q_x * q_w)``; the per-row scales multiply the float output.
     """
-    out = torch.ops.onednn.qlinear_pointwise(
-        qx, 1.0, 128, packed, w_scale, _zeros(w_scale.numel()), None, 1.0, 0, torch.float32, "none", [], "",
-    )
-    return _row_scaled(out, sx, bias)
+    return _row_scaled(qlinear_u8(qx, 1.0, 128, packed, w_scale, None), sx, bias)
 
 
 def tensor_qparams(x: torch.Tensor) -> tuple[float, int]:
