@@ -1,6 +1,6 @@
 """Packed binary/ternary layers vs the float layer of the same shape: latency and weight bytes.
 
-One process, one layer shape at a time; contenders are timed round-robin (``time_interleaved``):
+One process, one layer shape at a time; contenders are timed in alternating blocks of calls (``time_alternating``):
 eager fp32 ``nn.Linear``/``nn.Conv2d`` (MKL/oneDNN), the same layer in ONNX Runtime (the fastest fp32 path we
 have without compiling), and slimtorch's ``BinaryLinear``/``BinaryConv2d`` forced onto each kernel:
 lookup tables on the packed bits (binary and ternary weights, real inputs), XNOR-popcount on packed bits (fully
@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _harness import main, ort_runner  # noqa: E402
 
-from slimtorch.measure.latency import time_interleaved  # noqa: E402
+from slimtorch.measure.latency import time_alternating  # noqa: E402
 from slimtorch.quant.binary_modules import BinaryConv2d, BinaryLinear  # noqa: E402
 
 
@@ -56,9 +56,10 @@ def run(quick: bool) -> dict:
             "binary W+A, XNOR-popcount": _packed(layer, "packed", activations=True),
             "binary W, unpack per call + GEMM": _packed(layer, "unpacked"),
         }
-        fns = {"eager fp32": lambda layer=layer, x=x: layer(x), "ORT fp32": ort_runner(layer, x)}
+        # spinning off: idle ONNX Runtime workers would tax the torch contender timed next
+        fns = {"eager fp32": lambda layer=layer, x=x: layer(x), "ORT fp32": ort_runner(layer, x, spinning=False)}
         fns.update({k: (lambda m=m, x=x: m(x)) for k, m in variants.items()})
-        timings = time_interleaved(fns, rounds=3 if quick else 5, round_seconds=0.2 if quick else 0.3)
+        timings = time_alternating(fns, blocks=4 if quick else 30, repeats=20, max_seconds=2 if quick else 12)
         eager, ort = timings["eager fp32"].median_ms, timings["ORT fp32"].median_ms
         fastest = min(eager, ort)
         raw[name] = {k: t.samples_ms for k, t in timings.items()}
@@ -88,7 +89,8 @@ def run(quick: bool) -> dict:
     ]
     return {
         "title": "Binary and ternary layers on packed bits vs float32",
-        "description": "Latency of one layer (median and p90 of round-robin rounds, ms) and its weight bytes.",
+        "description": "Latency of one layer (median and p90 per call, ms, timed in alternating blocks of 20 "
+                       "calls) and its weight bytes.",
         "columns": ["shape", "variant", "median ms", "p90 ms", "speedup vs eager fp32", "speedup vs fastest fp32",
                     "weight bytes", "size ratio vs fp32"],
         "rows": rows,

@@ -9,7 +9,8 @@ each image as 16 tokens of 16 pixels (trained here for a few epochs, seeded). Fo
 - ONNX Runtime's ``quantize_static`` (QDQ, per-channel int8 weights, uint8 activations, the same calibration
   batches) and, for the transformer, ``quantize_dynamic`` applied to the fp32 export (after ``quant_pre_process``).
 
-Accuracy on the test split, file size, and latency timed round-robin (``time_interleaved``) at batch 1 and 32.
+Accuracy on the test split, file size, and latency timed in alternating blocks of 10 calls (``time_alternating``,
+per-call medians) at batch 1 and 32.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from _harness import main  # noqa: E402
 
 import slimtorch as st  # noqa: E402
 from slimtorch.io.onnx_runtime import OnnxModule, open_session, session_feed  # noqa: E402
-from slimtorch.measure.latency import time_interleaved  # noqa: E402
+from slimtorch.measure.latency import time_alternating  # noqa: E402
 
 CALIBRATION_BATCHES = 8
 
@@ -165,8 +166,9 @@ def _notes(rows: list[list]) -> list[str]:
     notes.append("Per-token dynamic int8 (slimtorch's default, the most accurate in PyTorch) has no fused kernel "
                  "in ONNX Runtime; DynamicQuant(activations='tensor') maps onto the same DynamicQuantizeMatMul as "
                  "quantize_dynamic.")
-    notes.append("The ratios come from round-robin timing in one process, so load drift hits every contender "
-                 "alike; the load before the run is in the footer.")
+    notes.append("The ratios come from one process, contenders alternating in blocks of 10 calls (ONNX Runtime "
+                 "sessions without spinning workers), so load drift hits every contender alike; the load before "
+                 "the run is in the footer.")
     return notes
 
 
@@ -176,7 +178,7 @@ def run(quick: bool) -> dict:
     models = {"CNN (digits-cnn)": cnn.eval(), "transformer": train_encoder(data, epochs=3 if quick else 6)}
     rows, raw = [], {}
     batches = (1, 32)
-    rounds, seconds = (3, 0.15) if quick else (7, 0.3)
+    blocks, seconds = (4, 3.0) if quick else (20, 15.0)
     with tempfile.TemporaryDirectory() as tmp:
         for label, model in models.items():
             folder = Path(tmp) / label.split()[0]
@@ -193,7 +195,7 @@ def run(quick: bool) -> dict:
                         fns[v] = (lambda s=m.session, f=feed: s.run(None, f))
                     else:
                         fns[v] = (lambda m=m, x=x: m(x))
-                timing = time_interleaved(fns, rounds=rounds, round_seconds=seconds)
+                timing = time_alternating(fns, blocks=blocks, repeats=10, max_seconds=seconds)
                 ms = {v: t.median_ms for v, t in timing.items()}
                 raw[f"{label} b{bs}"] = {v: t.samples_ms for v, t in timing.items()}
                 peer = {v: ("ORT quantize_dynamic" if "dynamic" in v and "ORT quantize_dynamic" in ms

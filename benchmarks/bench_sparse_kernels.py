@@ -2,8 +2,8 @@
 
 For each layer shape and batch, the same pruned weight is multiplied by: eager dense ``F.linear`` (MKL),
 ONNX Runtime fp32 (the fast AVX-512 dense path), torch sparse CSR (``SparseLinear``) and torch sparse BSR
-(4x4 blocks), all timed round-robin in one process. Then the whole digits MLP, pruned to 95% and passed
-through ``UnstructuredPruning(kernel="auto")``, is timed against its dense self.
+(4x4 blocks), all timed in alternating blocks of calls in one process. Then the whole digits MLP, pruned to
+95% and passed through ``UnstructuredPruning(kernel="auto")``, is timed against its dense self.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import main, ort_runner  # noqa: E402
 
 import slimtorch as st  # noqa: E402
-from slimtorch.measure.latency import time_interleaved  # noqa: E402
+from slimtorch.measure.latency import time_alternating  # noqa: E402
 from slimtorch.prune.sparse_linear import SparseLinear  # noqa: E402
 
 SPARSITIES = (0.5, 0.75, 0.9, 0.95, 0.99)
@@ -54,21 +54,13 @@ def _layer_rows(out_f: int, in_f: int, batch: int, quick: bool, raw: dict) -> li
             bsr = w.to_sparse_bsr((4, 4))
         fns = {"eager dense": lambda w=w, b=b: F.linear(x, w, b), "ORT dense": ort_dense,
                "CSR": lambda csr=csr: csr(x), "BSR 4x4": lambda bsr=bsr, b=b: (bsr @ xt).t() + b}
-        timings = time_interleaved(fns, rounds=3 if quick else 5, round_seconds=0.05 if quick else 0.15)
+        timings = time_alternating(fns, blocks=4 if quick else 20, repeats=10, max_seconds=1 if quick else 4)
         ms = {k: t.median_ms for k, t in timings.items()}
         raw[f"{out_f}x{in_f} batch {batch} sparsity {sparsity}"] = {k: t.samples_ms for k, t in timings.items()}
-        # ratios per round (A and B timed back to back), then the median: robust to load drift
-        fastest = [min(e, o) for e, o in zip(timings["eager dense"].samples_ms, timings["ORT dense"].samples_ms,
-                                             strict=True)]
+        fastest = min(ms["eager dense"], ms["ORT dense"])
         rows.append([f"{out_f}x{in_f}", batch, sparsity, ms["eager dense"], ms["ORT dense"], ms["CSR"],
-                     ms["BSR 4x4"], _median_ratio(timings["eager dense"].samples_ms, timings["CSR"].samples_ms),
-                     _median_ratio(fastest, timings["CSR"].samples_ms)])
+                     ms["BSR 4x4"], ms["eager dense"] / ms["CSR"], fastest / ms["CSR"]])
     return rows
-
-
-def _median_ratio(base: list[float], other: list[float]) -> float:
-    ratios = sorted(b / o for b, o in zip(base, other, strict=True))
-    return ratios[len(ratios) // 2]
 
 
 def _break_even(rows: list, column: int) -> dict:
@@ -88,9 +80,9 @@ def _model_rows(quick: bool) -> tuple[list, dict]:
     st.prune(pruned, st.UnstructuredPruning(sparsity=0.95, scope="layer", kernel="auto"), example_inputs=x)
     kernels = pruned.slimtorch_pruning["kernels"]
     ort_dense = _ort(dense.eval(), x)
-    timings = time_interleaved({"eager dense": lambda: dense(x), "ORT dense": ort_dense,
+    timings = time_alternating({"eager dense": lambda: dense(x), "ORT dense": ort_dense,
                                 "pruned 95%, kernel=auto": lambda: pruned(x)},
-                               rounds=3 if quick else 7, round_seconds=0.1 if quick else 0.3)
+                               blocks=4 if quick else 30, repeats=10, max_seconds=2 if quick else 10)
     ms = {k: t.median_ms for k, t in timings.items()}
     fastest = min(ms["eager dense"], ms["ORT dense"])
     rows = [["digits-mlp (64-1024-1024-10)", 64, name, value, ms["eager dense"] / value, fastest / value]
@@ -134,7 +126,8 @@ def _run(quick: bool, default_threads: int) -> dict:
         "fine-tuning.",
         f"Run on {torch.get_num_threads()} thread(s) for torch and ORT alike (spinning off; the machine default "
         f"is {default_threads}, set SLIMTORCH_BENCH_THREADS to change). Other jobs share the 2 cores: the load "
-        "average is recorded below; ratios are medians of per-round ratios from the same round-robin run.",
+        "average is recorded below; ratios are of per-call medians, the contenders alternating in blocks of 10 "
+        "calls (time_alternating), so load drift hits them alike.",
     ]
     return {
         "title": "Sparse kernels vs dense on this CPU (fp32 Linear)",

@@ -19,7 +19,7 @@ from _harness import main  # noqa: E402
 import slimtorch as st  # noqa: E402
 from slimtorch.data import split_batch  # noqa: E402
 from slimtorch.measure.flops import count_flops  # noqa: E402
-from slimtorch.measure.latency import time_interleaved  # noqa: E402
+from slimtorch.measure.latency import time_alternating  # noqa: E402
 
 RATIO = 0.5
 
@@ -81,7 +81,7 @@ def run(quick: bool) -> dict:
         rows.append([name, params, count_flops(model, ex) / base_flops, pruned_acc, accs[name],
                      accs[name] - base_acc, seconds])
     fns = {"dense": lambda: teacher(ex), **{n: (lambda m=m: m(ex)) for n, (m, _) in variants.items()}}
-    timing = time_interleaved(fns, rounds=3 if quick else 7, round_seconds=0.2 if quick else 0.4)
+    timing = time_alternating(fns, blocks=4 if quick else 30, repeats=10, max_seconds=3 if quick else 30)
     dense_ms = timing["dense"].median_ms
     rows.insert(0, ["dense (trained zoo model)", 1.0, 1.0, base_acc, base_acc, 0.0, 0.0])
     for row in rows:
@@ -108,7 +108,8 @@ def run(quick: bool) -> dict:
     return {
         "title": "Structured pruning accuracy at half the FLOPs: zoo digits-cnn",
         "description": "The trained zoo CNN pruned to <= 50% of its FLOPs by each method, then fine-tuned the same "
-                       "way; latency at batch 1 timed round-robin (time_interleaved) in eager PyTorch.",
+                       "way; latency at batch 1 in eager PyTorch, contenders alternating in blocks of 10 calls "
+                       "(time_alternating, per-call medians).",
         "columns": ["method", "params kept", "FLOPs kept", "accuracy pruned", "accuracy fine-tuned",
                     "change vs dense", "prune seconds", "median ms batch 1", "speedup vs dense"],
         "rows": rows,
