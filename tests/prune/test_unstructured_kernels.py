@@ -48,7 +48,7 @@ def test_switch_follows_the_measurement(monkeypatch):
     timings = iter([{"dense_ms": 2.0, "sparse_ms": 1.0}])  # only layer 0 is sparse enough to be tried
     monkeypatch.setattr(sparse_linear, "time_layer", lambda lin, inp: next(timings))
     whole = {"dense": Timing([3.0]), "sparse": Timing([2.0])}
-    monkeypatch.setattr(sparse_linear, "time_interleaved", lambda fns, **kw: whole)
+    monkeypatch.setattr(sparse_linear, "time_alternating", lambda fns, **kw: whole)
     report = use_sparse_kernels(model, x)
     assert set(report) == {"0", "model"} and report["0"]["switched"] and report["0"]["speedup"] == 2.0
     assert report["model"]["switched"] and report["model"]["speedup"] == 1.5

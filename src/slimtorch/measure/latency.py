@@ -28,13 +28,6 @@ class Timing:
         return ordered[min(len(ordered) - 1, int(round(0.9 * (len(ordered) - 1))))]
 
 
-def _calls_for(fn: Callable[[], object], seconds: float) -> int:
-    start = time.perf_counter()
-    fn()
-    once = max(time.perf_counter() - start, 1e-6)
-    return max(1, int(seconds / once))
-
-
 def time_fn(
     fn: Callable[[], object], *, warmup: int = 3, repeats: int = 30, max_seconds: float = 10.0
 ) -> Timing:
@@ -55,39 +48,15 @@ def time_fn(
     return Timing(samples)
 
 
-def time_interleaved(
-    fns: dict[str, Callable[[], object]], *, rounds: int = 7, round_seconds: float = 0.4, warmup: int = 3
-) -> dict[str, Timing]:
-    """Time several contenders round-robin (A B C A B C ...), so load drift on a shared machine hits all alike.
-
-    Each round runs each contender for about ``round_seconds`` and records its mean time per call (ms).
-
-    Returns:
-        Contender name -> one sample per round.
-    """
-    with torch.inference_mode():
-        for fn in fns.values():
-            for _ in range(warmup):
-                fn()
-        calls = {name: _calls_for(fn, round_seconds) for name, fn in fns.items()}
-        samples: dict[str, list[float]] = {name: [] for name in fns}
-        for _ in range(rounds):
-            for name, fn in fns.items():
-                start = time.perf_counter()
-                for _ in range(calls[name]):
-                    fn()
-                samples[name].append((time.perf_counter() - start) * 1e3 / calls[name])
-    return {name: Timing(s) for name, s in samples.items()}
-
-
 def time_alternating(
     fns: dict[str, Callable[[], object]], *, blocks: int = 6, repeats: int = 10, warmup: int = 3,
     max_seconds: float = 10.0,
 ) -> dict[str, Timing]:
     """Per-call times of several contenders, timed in alternating blocks (``repeats`` calls of A, of B, ..., again).
 
-    Unlike :func:`time_interleaved` (one mean per round), every call is a sample, so medians and p90s keep
-    their per-call meaning while load drift on a shared machine still hits all contenders alike.
+    Every call is a sample, so medians and p90s keep their per-call meaning, while load drift on a shared
+    machine hits all contenders alike (round-robin rounds of a fraction of a second each let one noise burst
+    hit one contender's whole round).
 
     Returns:
         Contender name -> up to ``blocks * repeats`` per-call samples (ms); a block stops early, after at least 5

@@ -3,8 +3,8 @@
 Sparse kernels beat a dense GEMM only at high sparsity, and where the break-even lies depends on the CPU,
 the layer shape, the batch and the BLAS behind the dense path. So :func:`use_sparse_kernels` never assumes
 it: it runs the model once on the example inputs, times each pruned Linear's dense and CSR products on that
-layer's real input (round-robin, so machine load hits both alike), and switches only the layers where the
-sparse kernel won by ``min_speedup``.
+layer's real input (in alternating blocks of calls, so machine load hits both alike), and switches only the
+layers where the sparse kernel won by ``min_speedup``.
 
 :class:`SparseLinear` keeps the CSR weight in memory but saves and loads it as the dense weight, which
 ``slimtorch.save`` stores as a bitmask plus values (smaller than CSR indices) and loads back exactly.
@@ -25,7 +25,7 @@ from slimtorch._log import logger
 from slimtorch.data import call, run_hooked
 from slimtorch.errors import ConfigError
 from slimtorch.io.manifest import register_module
-from slimtorch.measure.latency import time_interleaved
+from slimtorch.measure.latency import time_alternating
 
 
 def to_csr(weight: torch.Tensor) -> torch.Tensor:
@@ -108,12 +108,13 @@ def _layer_inputs(model: nn.Module, example_inputs: Any, names: Sequence[str]) -
     return seen
 
 
-def time_layer(linear: nn.Linear, x: torch.Tensor, *, rounds: int = 5, round_seconds: float = 0.05) -> dict:
-    """Median ms of the dense and the CSR product of ``linear`` on input ``x``, timed round-robin."""
+def time_layer(linear: nn.Linear, x: torch.Tensor, *, blocks: int = 10, max_seconds: float = 0.5) -> dict:
+    """Median ms per call of the dense and the CSR product of ``linear`` on input ``x``, timed in alternating
+    blocks of 10 calls (at most ``max_seconds`` in all)."""
     sparse = SparseLinear.from_linear(linear)
     weight, bias = linear.weight.detach(), None if linear.bias is None else linear.bias.detach()
-    timings = time_interleaved({"dense": lambda: F.linear(x, weight, bias), "sparse": lambda: sparse(x)},
-                               rounds=rounds, round_seconds=round_seconds)
+    timings = time_alternating({"dense": lambda: F.linear(x, weight, bias), "sparse": lambda: sparse(x)},
+                               blocks=blocks, repeats=10, max_seconds=max_seconds)
     return {"dense_ms": timings["dense"].median_ms, "sparse_ms": timings["sparse"].median_ms}
 
 
@@ -171,8 +172,9 @@ def use_sparse_kernels(
         dense = copy.deepcopy(model)
         for name, linear in winners.items():
             _swap(model, name, SparseLinear.from_linear(linear))
-        timings = time_interleaved({"dense": lambda: call(dense, example_inputs),
-                                    "sparse": lambda: call(model, example_inputs)}, rounds=5, round_seconds=0.1)
+        timings = time_alternating({"dense": lambda: call(dense, example_inputs),
+                                    "sparse": lambda: call(model, example_inputs)}, blocks=10, repeats=5,
+                                   max_seconds=1.0)
         whole = timings["dense"].median_ms / max(timings["sparse"].median_ms, 1e-9)
         keep = whole >= min_speedup
         results["model"] = {"dense_ms": timings["dense"].median_ms, "sparse_ms": timings["sparse"].median_ms,
