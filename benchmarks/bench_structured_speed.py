@@ -164,8 +164,8 @@ def depth_and_width(model: nn.Module, x: torch.Tensor, keep: float) -> nn.Module
 ROUND_TO = 16
 DEPTH = "slimtorch 50% FLOPs, 1 block + widths"
 #: contenders alternate in blocks of 10 calls (full run: 60 blocks, at most 40 s per runtime): per-call samples
-#: finely interleaved. Round-robin rounds of 0.4 s each (the former ``time_interleaved``) let one noise burst
-#: hit one contender's whole round: two identical models then differed by up to 33% in ONNX Runtime on a noisy
+#: finely interleaved. Round-robin rounds of 0.4 s each (the timing used before) let one noise burst hit one
+#: contender's whole round: two identical models then differed by up to 33% in ONNX Runtime on a noisy
 #: host, against 1-3% this way
 BLOCKS, SECONDS_PER_RUNTIME = 60, 40.0
 
