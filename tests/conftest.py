@@ -9,6 +9,11 @@ import torch
 
 # the architecture-pattern models are shared by tests/scenarios and tests/graph
 sys.path.insert(0, str(Path(__file__).parent / "scenarios"))
+# third-party model definitions for the conformance matrix; torchvision needs its import guard first
+sys.path.insert(0, str(Path(__file__).parent / "conformance"))
+import torchvision_guard  # noqa: E402
+
+torchvision_guard.install()
 
 
 def pytest_configure(config):
