@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from torch import nn
 
 from slimtorch.errors import ConfigError
+from slimtorch.layer_kinds import is_transposed_linear, layer_kind
 
 Pattern = str | type
 
@@ -55,7 +56,7 @@ def select(
     chosen = []
     hit = set()
     for name, module in model.named_modules():
-        if not name or not isinstance(module, tuple(types)):
+        if not name or not _is_a(module, types):
             continue
         if include is not None:
             found = [p for p in include if matches(name, module, p)]
@@ -68,15 +69,43 @@ def select(
     if include:
         missing = [p for p in include if str(p) not in hit]
         if missing:
-            names = [n for n, m in model.named_modules() if n and isinstance(m, tuple(types))][:8]
+            names = [n for n, m in model.named_modules() if n and _is_a(m, types)][:8]
             raise ConfigError(f"include pattern(s) {missing} matched no layer; layers are named like {names}")
     return chosen
 
 
+def _is_a(module: nn.Module, types: Sequence[type[nn.Module]]) -> bool:
+    """``isinstance`` over ``types``, with GPT-2's transposed ``Conv1D`` counted as an ``nn.Linear``."""
+    return isinstance(module, tuple(types)) or (nn.Linear in types and is_transposed_linear(module))
+
+
+def swappable(
+    model: nn.Module,
+    types: Sequence[type[nn.Module]],
+    include: Iterable[Pattern] | None = None,
+    exclude: Iterable[Pattern] = (),
+) -> tuple[list[tuple[str, nn.Module]], dict[str, str]]:
+    """:func:`select` for families that replace layers: layers whose ``forward`` slimtorch cannot reproduce
+    (subclasses with a ``forward`` of their own, see :mod:`slimtorch.layer_kinds`) are set aside.
+
+    Returns:
+        ``(chosen, skipped)``: the layers to replace, and the set-aside layer names mapped to the reason.
+    """
+    chosen, skipped = [], {}
+    for name, module in select(model, types, include, exclude):
+        kind = layer_kind(module)
+        if kind.kind == "unknown":
+            skipped[name] = kind.reason
+        else:
+            chosen.append((name, module))
+    return chosen, skipped
+
+
 def last_linear(model: nn.Module) -> str | None:
-    """Name of the last ``nn.Linear`` registered in the model (usually the classifier head), or None."""
+    """Name of the last ``nn.Linear`` (or GPT-2 ``Conv1D``) registered in the model (usually the classifier
+    head), or None."""
     name = None
     for n, m in model.named_modules():
-        if isinstance(m, nn.Linear):
+        if _is_a(m, [nn.Linear]):
             name = n
     return name
