@@ -1,7 +1,11 @@
+from importlib import resources
+
 import pytest
+import torch
+import yaml
 
 import slimtorch as st
-from slimtorch.recipe import Recipe, builtin_names, load_recipe, recipe_from_dict
+from slimtorch.recipe import Recipe, as_recipe, builtin_names, load_recipe, recipe_from_dict
 
 
 def test_python_configs_write_and_read_back_identically(tmp_path):
@@ -47,3 +51,28 @@ def test_every_builtin_recipe_validates():
     for name in builtin_names():
         recipe = load_recipe(f"builtin:{name}")
         assert recipe.stages and recipe.description
+
+
+@pytest.mark.parametrize("name", builtin_names())
+def test_a_recipe_as_a_dict_is_the_same_recipe_as_its_yaml(name):
+    values = yaml.safe_load((resources.files("slimtorch") / "recipes" / f"{name}.yaml").read_text())
+    assert as_recipe(values) == load_recipe(f"builtin:{name}")
+    assert as_recipe(load_recipe(f"builtin:{name}")) == load_recipe(f"builtin:{name}")
+
+
+def test_compress_takes_a_dict_recipe_and_names_the_close_match_of_a_typo():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    recipe = {"stages": [{"prune": {"method": "unstructured", "sparsity": 0.5}}]}
+    st.compress(model, recipe, example_inputs=torch.randn(4, 16))
+    assert float((model[0].weight == 0).float().mean()) == pytest.approx(0.5, abs=0.01)
+    with pytest.raises(st.ConfigError, match="unknown key 'stagse'.*did you mean 'stages'"):
+        st.compress(model, {"stagse": recipe["stages"]}, example_inputs=torch.randn(4, 16))
+    with pytest.raises(st.ConfigError, match="unknown field 'sparsty'.*did you mean 'sparsity'"):
+        st.compress(model, {"stages": [{"prune": {"method": "unstructured", "sparsty": 0.5}}]},
+                    example_inputs=torch.randn(4, 16))
+    with pytest.raises(st.ConfigError, match="export 'onx' is not allowed.*did you mean 'onnx'"):
+        st.compress(model, st.Recipe(stages=(st.UnstructuredPruning(),), export=("onx",)),
+                    example_inputs=torch.randn(4, 16))
+    with pytest.raises(st.ConfigError, match="got int"):
+        st.compress(model, 3, example_inputs=torch.randn(4, 16))

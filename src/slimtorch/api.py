@@ -157,7 +157,8 @@ def compress(
 
     Args:
         model: the model (changed in place).
-        recipe: a ``Recipe``, a list of configs, a YAML path or ``"builtin:NAME"``.
+        recipe: a ``Recipe``, a dict with the YAML's keys (``{"stages": [{"prune": {...}}], ...}``), a list of
+            configs, one config, a YAML path or ``"builtin:NAME"``; all are validated alike.
         data: the data object or loader the stages need (fine-tuning, calibration).
         example_inputs: inputs for tracing and measuring; the first batch of ``data`` when None.
         eval_fn: ``eval_fn(model) -> accuracy`` recorded in the metrics.
@@ -173,6 +174,9 @@ def compress(
         >>> model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4))
         >>> st.compress(model, [st.UnstructuredPruning(sparsity=0.5)], example_inputs=torch.randn(2, 64))
         Sequential(...)
+
+    Raises:
+        ConfigError: an invalid recipe (a misspelt key names the close match), before any work.
     """
     from slimtorch.pipeline import run_recipe
     from slimtorch.recipe import as_recipe

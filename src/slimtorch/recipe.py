@@ -89,6 +89,15 @@ def stage_from_dict(entry: Any, index: int) -> Config:
     return methods[method].from_dict(values, where=f"{where} ({stage}.{method})")
 
 
+def _check_export(export: Any, name: str) -> None:
+    if not isinstance(export, list | tuple):
+        raise ConfigError(f"recipe {name}: 'export' must be a list of {list(EXPORTS)}, got {export!r}")
+    for target in export:
+        if target not in EXPORTS:
+            raise ConfigError(f"recipe {name}: export {target!r} is not allowed{suggest(str(target), EXPORTS)}; "
+                              f"choose from {list(EXPORTS)}")
+
+
 def recipe_from_dict(values: Any, name: str = "") -> Recipe:
     """Validate and build a :class:`Recipe` from plain values (what YAML gives)."""
     if not isinstance(values, dict):
@@ -104,10 +113,7 @@ def recipe_from_dict(values: Any, name: str = "") -> Recipe:
     export = values.get("export", ["safetensors"])
     if isinstance(export, str):
         export = [export]
-    for target in export:
-        if target not in EXPORTS:
-            raise ConfigError(f"recipe {name}: export {target!r} is not allowed{suggest(target, EXPORTS)}; "
-                              f"choose from {list(EXPORTS)}")
+    _check_export(export, name)
     return Recipe(
         stages=tuple(stage_from_dict(s, i) for i, s in enumerate(stages)),
         export=tuple(export),
@@ -154,15 +160,30 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
     return recipe_from_dict(values, name)
 
 
-def as_recipe(recipe: Recipe | list | tuple | str | os.PathLike | Config) -> Recipe:
-    """Accept a Recipe, a list of configs, one config or a path / ``builtin:NAME``, and return a Recipe."""
+def as_recipe(recipe: Recipe | dict | list | tuple | str | os.PathLike | Config) -> Recipe:
+    """Accept a Recipe, a dict (the YAML's plain values), a list of configs, one config or a path /
+    ``builtin:NAME``, and return a validated Recipe.
+
+    Raises:
+        ConfigError: anything else, or an invalid recipe (a bad key names the close match).
+    """
     if isinstance(recipe, Recipe):
+        bad = [s for s in recipe.stages if not isinstance(s, Config)]
+        if bad or not recipe.stages:
+            raise ConfigError(f"recipe {recipe.name}: Recipe.stages must hold configs (st.StaticQuant(), ...), "
+                              f"got {bad[:1] or recipe.stages!r}")
+        _check_export(recipe.export, recipe.name)
         return recipe
     if isinstance(recipe, Config):
         return Recipe(stages=(recipe,))
+    if isinstance(recipe, dict):
+        return recipe_from_dict(recipe, str(recipe.get("name", "")))
     if isinstance(recipe, list | tuple):
         bad = [s for s in recipe if not isinstance(s, Config)]
         if bad or not recipe:
             raise ConfigError(f"a recipe list must hold configs (st.StaticQuant(), ...), got {bad[:1] or recipe}")
         return Recipe(stages=tuple(recipe))
-    return load_recipe(recipe)
+    if isinstance(recipe, str | os.PathLike):
+        return load_recipe(recipe)
+    raise ConfigError(f"a recipe must be a Recipe, a dict like the YAML, a list of configs, a YAML path or "
+                      f"'builtin:NAME', got {type(recipe).__name__}")
