@@ -18,6 +18,7 @@ from torch import nn
 from slimtorch.graph.groups import ChannelGraph, Group
 from slimtorch.graph.labels import Label, entries
 from slimtorch.io.manifest import set_tracked_attr
+from slimtorch.layer_kinds import layer_kind
 
 HEAD_COUNT_WORDS = ("head",)
 NOT_HEAD_COUNT_WORDS = ("dim", "size", "scale")
@@ -271,3 +272,32 @@ def fold_batchnorms(model: nn.Module, example_inputs) -> list[tuple[str, str]]:
 def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+def replace_layer(model: nn.Module, name: str, twin: nn.Module) -> nn.Module:
+    """Put ``twin``, a compressed layer built from ``slimtorch.layer_kinds.as_plain`` of the layer at ``name``,
+    in that layer's place, carrying what the plain layer does not compute by itself.
+
+    A TensorFlow-"same" padded convolution (``layer_kind`` ``"same_pad"``) pads its input in its own forward:
+    the twin's ``same_pad`` is set (and recorded, so ``slimtorch.load`` sets it again), and the twin pads with
+    ``slimtorch.layer_kinds.pad_same`` before its own padding-0 convolutions.
+
+    Args:
+        model: the model (changed in place).
+        name: qualified name of the layer to replace (not ``""``).
+        twin: the replacement.
+
+    Returns:
+        The layer that was there.
+
+    Raises:
+        ValueError: the layer pads "same" and ``twin``'s class has no ``same_pad`` attribute to carry it.
+    """
+    old = model.get_submodule(name)
+    if layer_kind(old).kind == "same_pad":
+        if not hasattr(type(twin), "same_pad"):
+            raise ValueError(f"{type(twin).__name__} cannot pad 'same' like layer {name!r}; it needs a same_pad "
+                             "attribute")
+        set_tracked_attr(twin, "same_pad", True)
+    _set_module(model, name, twin)
+    return old

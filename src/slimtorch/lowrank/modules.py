@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from slimtorch.io.manifest import register_module
+from slimtorch.layer_kinds import pad_same
 
 
 def _pair(v: Any) -> tuple[int, int]:
@@ -20,7 +21,11 @@ def _pair(v: Any) -> tuple[int, int]:
 
 
 class _Factorized(nn.Module):
-    """Shared parts: parameter counting for reports. Not registered; subclasses are."""
+    """Shared parts: parameter counting for reports, TF-"same" padding. Not registered; subclasses are."""
+
+    #: pad the input TensorFlow-"same" style before the factors (set, and recorded for ``slimtorch.load``, when
+    #: the replaced convolution padded that way in its own forward; the factors then have padding 0)
+    same_pad: bool = False
 
     def weight_counts(self) -> tuple[int, int]:
         """``(0, 0)``: the container holds no tensors of its own; its child layers are counted as usual.
@@ -36,6 +41,9 @@ class _Factorized(nn.Module):
             "kernel_size": list(self.kernel_size), "stride": list(self.stride), "padding": padding,
             "dilation": list(self.dilation), "bias": self.has_bias, "padding_mode": self.padding_mode,
         }
+
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        return pad_same(x, self.kernel_size, self.stride, self.dilation) if self.same_pad else x
 
     def _init_conv(self, in_channels, out_channels, kernel_size, stride, padding, dilation, bias, padding_mode):
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
@@ -89,7 +97,7 @@ class LowRankConv2d(_Factorized):
         return {**self._conv_args(), "rank": self.rank}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.second(self.first(x))
+        return self.second(self.first(self._pad(x)))
 
 
 @register_module
@@ -118,7 +126,7 @@ class Tucker2Conv2d(_Factorized):
         return {**self._conv_args(), "ranks": list(self.ranks)}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.expand(self.core(self.reduce(x)))
+        return self.expand(self.core(self.reduce(self._pad(x))))
 
 
 def _split_padding(padding: Any) -> tuple[Any, Any]:
@@ -151,4 +159,4 @@ class SpatialSVDConv2d(_Factorized):
         return {**self._conv_args(), "rank": self.rank}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.horizontal(self.vertical(x))
+        return self.horizontal(self.vertical(self._pad(x)))
