@@ -1,7 +1,8 @@
 """The verbs. Each is a lookup from the config's type to the handler its family registered.
 
 Every verb changes the model it is given in place and returns it (as ``nn.Module.to`` does); deep-copy the
-model first to keep the original.
+model first to keep the original. Before a verb changes anything, lazy modules get their shapes from one forward on
+``example_inputs`` and a model holding NaN or Inf weights is refused with ``DataError`` (``slimtorch.preflight``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from torch import nn
 
 from slimtorch.config import REGISTRY, Config
 from slimtorch.errors import ConfigError, UnsupportedModelError
+from slimtorch.preflight import check_finite, materialize
 
 Handler = Callable[..., nn.Module]
 
@@ -40,6 +42,8 @@ def _apply(stage: str, model: nn.Module, config: Config, **kwargs: Any) -> nn.Mo
     fn = HANDLERS.get(type(config))
     if fn is None:
         raise ConfigError(f"{type(config).__name__} has no handler registered; is its family installed?")
+    materialize(model, kwargs.get("example_inputs"))
+    check_finite(model)
     out = fn(model, config, **kwargs)
     return model if out is None else out
 

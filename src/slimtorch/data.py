@@ -58,12 +58,29 @@ def split_batch(batch: Any) -> tuple[Inputs, torch.Tensor | None]:
 
 
 def iter_inputs(data: Any, num_batches: int | None = None, split: str = "train") -> Iterator[Inputs]:
-    """Yield model inputs (targets dropped) from at most ``num_batches`` batches of ``data``."""
+    """Yield model inputs (targets dropped) from at most ``num_batches`` batches of ``data``.
+
+    Raises:
+        DataError: a batch's floating-point inputs hold NaN or Inf (calibration statistics from them are NaN).
+    """
     batches = iter(as_loader(data, split))
     if num_batches is not None:
         batches = itertools.islice(batches, num_batches)
-    for batch in batches:
-        yield split_batch(batch)[0]
+    for index, batch in enumerate(batches):
+        inputs = split_batch(batch)[0]
+        _check_finite_inputs(inputs, index)
+        yield inputs
+
+
+def _check_finite_inputs(inputs: Inputs, index: int) -> None:
+    tensors = inputs.values() if isinstance(inputs, dict) else inputs if isinstance(inputs, tuple) else [inputs]
+    for t in tensors:
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.is_meta:
+            continue
+        if not bool(torch.isfinite(t).all()):
+            nans, infs = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+            raise DataError(f"batch {index + 1} of the data holds {nans} NaN and {infs} Inf input values; clean "
+                            "the data (or drop those samples) before calibrating or compressing")
 
 
 def call(model: nn.Module, inputs: Inputs) -> Any:

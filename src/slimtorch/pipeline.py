@@ -20,6 +20,7 @@ from slimtorch.data import iter_inputs
 from slimtorch.errors import ArtifactError, DataError
 from slimtorch.measure.layers import layer_table
 from slimtorch.measure.metrics import Metrics, measure, retime_side_by_side
+from slimtorch.preflight import check_finite, materialize
 from slimtorch.recipe import Recipe
 from slimtorch.train.distributed import is_main
 
@@ -134,7 +135,8 @@ def run_recipe(
         The :class:`RunRecord` of the run.
 
     Raises:
-        DataError: a stage needs data and none was given (before any work).
+        DataError: a stage needs data and none was given, or the model holds NaN or Inf weights (before any work).
+        UnsupportedModelError: lazy modules that the example inputs cannot materialise.
     """
     from slimtorch.io.load import load
     from slimtorch.io.save import save
@@ -145,6 +147,8 @@ def run_recipe(
         if data is None:
             raise DataError("pass example_inputs= (or data=, whose first batch is used) to trace and measure")
         example_inputs = next(iter_inputs(data, 1, split="test" if hasattr(data, "test") else "train"))
+    materialize(model, example_inputs)
+    check_finite(model)  # fine-tuning stages do not pass through the verbs' own check
     record = RunRecord(recipe=recipe.to_dict())
     teacher = frozen_copy(model)
     record.before = measure(model, example_inputs, eval_fn=eval_fn, label="before")

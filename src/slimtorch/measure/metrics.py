@@ -16,6 +16,7 @@ from slimtorch.measure.flops import count_flops
 from slimtorch.measure.latency import time_alternating, time_fn
 from slimtorch.measure.memory import model_device, peak_memory_bytes
 from slimtorch.measure.size import artifact_bytes, count_params
+from slimtorch.preflight import materialize
 
 
 @dataclasses.dataclass
@@ -95,7 +96,8 @@ def measure(
 
     Latency is timed on ``example_inputs`` (so their batch size is the one recorded) after ``warmup``
     calls, with the current ``torch.get_num_threads()``; a model on a CUDA device is synchronized after
-    every call. The size is the file ``slimtorch.save`` writes.
+    every call. The size is the file ``slimtorch.save`` writes. Lazy modules (``nn.LazyLinear``) get their
+    shapes from one forward on ``example_inputs`` first.
 
     Args:
         model: the model (put in eval mode for the measurement and restored after).
@@ -125,6 +127,7 @@ def measure(
         raise ConfigError(f"measure(runtime={runtime!r}) is not supported; use 'torch' or 'onnxruntime'")
     if not isinstance(model, nn.Module):
         raise UnsupportedModelError(f"measure() needs an nn.Module for runtime='torch', got {type(model).__name__}")
+    materialize(model, example_inputs)
     was_training = model.training
     model.eval()
     try:
