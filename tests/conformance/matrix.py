@@ -1,0 +1,393 @@
+"""The conformance matrix: every compression family (column) on every architecture (row), through the public API.
+
+A cell builds its row's model, applies its column's step and checks, in order:
+
+1. the step: it runs, or raises ``UnsupportedModelError`` and leaves the model exactly as it was
+   ("unsupported"); any other ``SlimError`` is a "fail", any other exception a "crash";
+2. the result: the output keeps its shape and meets the column's check (agreement with float within the
+   family's tolerance, or for pruning the sparsity / pattern / size the config asks for);
+3. ``st.save`` then ``st.load`` into a freshly built original model: outputs exactly equal;
+4. ``st.export_onnx(..., check=True)``: exported and agreeing in ONNX Runtime.
+
+``python tests/conformance/matrix.py ROW [COLUMN ...] --out FILE`` runs one row and appends one JSON line per
+cell to FILE (the benchmark runs each row in its own process this way). ``ROWS`` live in ``models.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torchvision_guard  # noqa: E402
+
+torchvision_guard.install()
+
+from models import ROWS, Built  # noqa: E402
+
+import slimtorch as st  # noqa: E402
+
+Status = str  # "pass" | "unsupported" | "fail" | "crash"
+
+#: the representative subset CI runs (tests/conformance/test_conformance.py, ``bench_conformance --quick``):
+#: a torchvision CNN, a timm TensorFlow port with same-padding convs, a ViT, an HF encoder and an HF decoder
+CI_ROWS = ("tv/resnet18", "timm/tf_mobilenetv3_small_minimal_100", "tv/vit-small", "hf/bert", "hf/llama")
+
+
+@dataclasses.dataclass
+class Cell:
+    """One cell's outcome.
+
+    Attributes:
+        row, column: the model and the family.
+        status: "pass", "unsupported" (``UnsupportedModelError``, model untouched), "fail" (another ``SlimError``
+            or a check missed, with the numbers) or "crash" (any other exception).
+        phase: where it stopped: "build", "step", "check", "roundtrip", "onnx" or "done".
+        reason: the error type and message, or the check that was missed.
+        frame: the innermost slimtorch frame of the error ("file:line function"), when there is one.
+        metrics: the numbers measured (cosines, sparsities, parameter counts, ...).
+        seconds: time per phase.
+    """
+
+    row: str
+    column: str
+    status: Status = "pass"
+    phase: str = "build"
+    reason: str = ""
+    frame: str = ""
+    metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
+    seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+class CheckFailed(Exception):
+    """A column's check was missed (the message has the numbers)."""
+
+
+# ----------------------------------------------------------------------------------------------- model outputs
+def run_model(model: nn.Module, inputs: Any) -> Any:
+    with torch.no_grad():
+        return model(**inputs) if isinstance(inputs, dict) else model(inputs)
+
+
+def main_output(out: Any) -> torch.Tensor:
+    """The output the checks compare: a tensor, a model output's logits, or its first tensor."""
+    if isinstance(out, torch.Tensor):
+        return out
+    for key in ("logits", "logits_per_image", "last_hidden_state"):
+        value = getattr(out, key, None)
+        if isinstance(value, torch.Tensor):
+            return value
+    leaves = [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+    return leaves[0]
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Smallest per-sample cosine similarity (1 = same direction; two all-zero samples agree)."""
+    a2, b2 = a.double().reshape(len(a), -1), b.double().reshape(len(b), -1)
+    cos = torch.nn.functional.cosine_similarity(a2, b2, dim=1)
+    return float(cos.min())
+
+
+def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((out.double() - ref.double()).abs().max() / ref.double().abs().max().clamp_min(1e-12))
+
+
+# ----------------------------------------------------------------------------------------------- checks
+def _weights(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """Weights of the layers the families touch (Linear, Conv, HF Conv1D), as the model computes with them."""
+    out = []
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d) or type(m).__name__ == "Conv1D":
+            w = getattr(m, "weight", None)
+            if isinstance(w, torch.Tensor) and w.dim() >= 2:
+                out.append((name, w.detach()))
+    return out
+
+
+def params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def agree(cos_min: float, rel_max: float | None = None) -> Callable[[dict], None]:
+    """A check that the compressed output agrees with float: min per-sample cosine (and max relative error)."""
+
+    def check(ctx: dict) -> None:
+        out, ref = ctx["out"], ctx["ref"]
+        ctx["metrics"].update(cosine=cosine(out, ref), rel_error=rel_error(out, ref))
+        if ctx["metrics"]["cosine"] < cos_min or (rel_max is not None and ctx["metrics"]["rel_error"] > rel_max):
+            raise CheckFailed(f"output cosine {ctx['metrics']['cosine']:.5f} (>= {cos_min}), rel error "
+                              f"{ctx['metrics']['rel_error']:.4f}" + (f" (<= {rel_max})" if rel_max else ""))
+    return check
+
+
+def quantized_layers(kind: str) -> Callable[[dict], None]:
+    """Integer layers really are there (a step that quantized nothing is not a pass)."""
+
+    def check(ctx: dict) -> None:
+        from slimtorch.quant.binary_modules import BinaryConv2d, BinaryLinear
+        from slimtorch.quant.modules import QuantConv2d, QuantLinear
+
+        types = (QuantLinear, QuantConv2d) if kind == "int" else (BinaryLinear, BinaryConv2d)
+        layers = [m for m in ctx["model"].modules() if isinstance(m, types)]
+        ctx["metrics"]["quantized_layers"] = len(layers)
+        if not layers:
+            raise CheckFailed(f"no {kind} layer in the model after the step")
+        if kind != "int":
+            levels = 2 if ctx["column"] == "binary" else 3
+            worst = max(int(torch.unique(w).numel()) for m in layers for w in m.dequantized_weight().flatten(1))
+            ctx["metrics"]["max_levels_per_row"] = worst
+            if worst > levels:
+                raise CheckFailed(f"a {ctx['column']} layer has {worst} distinct weight values in one output row "
+                                  f"(at most {levels})")
+    return check
+
+
+def all_of(*checks: Callable[[dict], None]) -> Callable[[dict], None]:
+    def check(ctx: dict) -> None:
+        for c in checks:
+            c(ctx)
+    return check
+
+
+def sparsity_at_least(target: float) -> Callable[[dict], None]:
+    def check(ctx: dict) -> None:
+        ws = _weights(ctx["model"])
+        zeros, total = sum(int((w == 0).sum()) for _, w in ws), sum(w.numel() for _, w in ws)
+        ctx["metrics"]["sparsity"] = zeros / max(total, 1)
+        if ctx["metrics"]["sparsity"] < target:
+            raise CheckFailed(f"weight sparsity {ctx['metrics']['sparsity']:.3f} of Linear/Conv weights (>= {target})")
+    return check
+
+
+def nm_pattern(n: int, m: int) -> Callable[[dict], None]:
+    """Every layer with pruned weights holds the n:m pattern along its inputs; at least one layer is pruned."""
+
+    def holds(w: torch.Tensor) -> bool:
+        for rows in (w.flatten(1), w.permute(0, *range(2, w.dim()), 1).flatten(1) if w.dim() > 2 else None):
+            if rows is not None and rows.shape[1] % m == 0:
+                if bool(((rows.reshape(rows.shape[0], -1, m) != 0).sum(-1) <= n).all()):
+                    return True
+        return False
+
+    def check(ctx: dict) -> None:
+        pruned = [(name, w) for name, w in _weights(ctx["model"]) if float((w == 0).float().mean()) >= 0.25]
+        broken = [name for name, w in pruned if not holds(w)]
+        ctx["metrics"].update(nm_layers=len(pruned), nm_broken=broken[:5])
+        if not pruned or broken:
+            raise CheckFailed(f"{n}:{m} pattern: {len(pruned)} pruned layers, broken in {broken[:5]}")
+    return check
+
+
+def fewer_params(at_most: float) -> Callable[[dict], None]:
+    def check(ctx: dict) -> None:
+        ratio = params(ctx["model"]) / ctx["params_before"]
+        ctx["metrics"]["params_ratio"] = ratio
+        if ratio > at_most:
+            raise CheckFailed(f"parameters kept {ratio:.3f} of the original (<= {at_most})")
+    return check
+
+
+# ----------------------------------------------------------------------------------------------- columns
+@dataclasses.dataclass(frozen=True)
+class Column:
+    """A family: how to apply it (public API only), what it must achieve, and the tolerance in words."""
+
+    apply: Callable[[nn.Module, Any, list[Any]], Any]
+    check: Callable[[dict], None]
+    tolerance: str
+
+
+def _qat(model: nn.Module, example: Any, calib: list[Any]) -> None:
+    st.prepare_qat(model, st.StaticQuant(), data=calib)
+    model.train()
+    for batch in calib:  # observers see the data in training mode, as during QAT
+        run_model(model, batch)
+    model.eval()
+    prepared = main_output(run_model(model, example)).clone()
+    st.convert(model)
+    return prepared
+
+
+def _qat_check(ctx: dict) -> None:
+    out, prepared = ctx["out"], ctx["applied"]
+    ctx["metrics"].update(cosine_vs_fakequant=cosine(out, prepared), cosine=cosine(out, ctx["ref"]))
+    if ctx["metrics"]["cosine_vs_fakequant"] < 0.99:
+        raise CheckFailed(f"converted model vs its fake-quant model: cosine {ctx['metrics']['cosine_vs_fakequant']:.5f}"
+                          " (>= 0.99)")
+    quantized_layers("int")(ctx)
+
+
+COLUMNS: dict[str, Column] = {
+    "unstructured": Column(lambda m, x, c: st.prune(m, st.UnstructuredPruning(sparsity=0.5), data=c,
+                                                    example_inputs=x),
+                           sparsity_at_least(0.4), "runs; >= 40% of Linear/Conv weights zero (50% asked, head kept)"),
+    "nm_2_4": Column(lambda m, x, c: st.prune(m, st.NMPruning(n=2, m=4), data=c, example_inputs=x),
+                     nm_pattern(2, 4), "runs; every pruned layer holds 2:4 along its inputs"),
+    "structured": Column(lambda m, x, c: st.prune(m, st.StructuredPruning(ratio=0.5), data=c, example_inputs=x),
+                         fewer_params(0.9), "runs; <= 90% of the parameters left (half the channels asked)"),
+    "layer_removal": Column(lambda m, x, c: st.prune(m, st.LayerPruning(num_layers=1), data=c, example_inputs=x),
+                            fewer_params(0.9999), "runs; one block removed (fewer parameters)"),
+    "lowrank": Column(lambda m, x, c: st.decompose(m, st.LowRank(energy=0.99), data=c, example_inputs=x),
+                      agree(0.95), "output cosine >= 0.95 vs float at 99% energy"),
+    "static_int8": Column(lambda m, x, c: st.quantize(m, st.StaticQuant(), data=c, example_inputs=x),
+                          all_of(quantized_layers("int"), agree(0.98)), "output cosine >= 0.98 vs float"),
+    "dynamic_int8": Column(lambda m, x, c: st.quantize(m, st.DynamicQuant(), data=c, example_inputs=x),
+                           all_of(quantized_layers("int"), agree(0.99)), "output cosine >= 0.99 vs float"),
+    "weight_int8": Column(lambda m, x, c: st.quantize(m, st.WeightOnlyQuant(bits=8, group_size=None), data=c,
+                                                      example_inputs=x),
+                          all_of(quantized_layers("int"), agree(0.999)), "output cosine >= 0.999 vs float"),
+    "weight_int4": Column(lambda m, x, c: st.quantize(m, st.WeightOnlyQuant(bits=4, group_size=32), data=c,
+                                                      example_inputs=x),
+                          all_of(quantized_layers("int"), agree(0.95)), "output cosine >= 0.95 vs float (group 32)"),
+    "binary": Column(lambda m, x, c: st.quantize(m, st.Binarize(), data=c, example_inputs=x),
+                     quantized_layers("binary"), "runs; binarized layers hold 2 values per output row"),
+    "ternary": Column(lambda m, x, c: st.quantize(m, st.Ternarize(), data=c, example_inputs=x),
+                      quantized_layers("binary"), "runs; ternarized layers hold <= 3 values per output row"),
+    "qat_static": Column(_qat, _qat_check, "converted output cosine >= 0.99 vs the prepared fake-quant model"),
+}
+
+
+# ----------------------------------------------------------------------------------------------- one cell
+def _frame(err: BaseException) -> str:
+    """The innermost slimtorch frame of ``err``'s traceback (or of its cause's); failing that, the innermost
+    frame outside this file, marked "outside slimtorch"."""
+    seen, fallback = err, ""
+    while seen is not None:
+        tb = traceback.extract_tb(seen.__traceback__)
+        frames = [f for f in tb if "/slimtorch/" in f.filename]
+        if frames:
+            f = frames[-1]
+            return f"{f.filename.split('/slimtorch/', 1)[1]}:{f.lineno} {f.name}"
+        others = [f for f in tb if not f.filename.endswith("matrix.py")]
+        if others and not fallback:
+            f = others[-1]
+            fallback = f"outside slimtorch: {'/'.join(Path(f.filename).parts[-2:])}:{f.lineno} {f.name}"
+        seen = seen.__cause__ or seen.__context__
+    return fallback
+
+
+def _classify(cell: Cell, err: BaseException) -> Cell:
+    cell.reason = f"{type(err).__name__}: {str(err).strip()[:600]}"
+    cell.frame = _frame(err)
+    if isinstance(err, CheckFailed):
+        cell.status = "fail"
+    elif isinstance(err, st.UnsupportedModelError) and cell.phase == "step":
+        cell.status = "unsupported"
+    elif isinstance(err, st.SlimError):
+        cell.status = "fail"
+    else:
+        cell.status = "crash"
+    return cell
+
+
+def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _same_state(model: nn.Module, before: dict[str, torch.Tensor]) -> bool:
+    now = model.state_dict()
+    return now.keys() == before.keys() and all(
+        now[k].shape == v.shape and now[k].dtype == v.dtype and torch.equal(now[k], v) for k, v in before.items())
+
+
+def check_cell(row: str, column: str, onnx: bool = True) -> Cell:
+    """Run one cell (see the module docstring) and return its :class:`Cell`; never raises."""
+    cell = Cell(row, column)
+    build: Callable[[], Built] = ROWS[row]
+    col = COLUMNS[column]
+    clock = time.perf_counter()
+
+    def lap(phase: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        cell.seconds[phase] = round(now - clock, 3)
+        clock = now
+
+    try:
+        model, example, calib = build()
+        ref_full = run_model(model, example)
+        ref = main_output(ref_full).clone()
+        ctx = {"model": model, "ref": ref, "column": column, "metrics": cell.metrics, "params_before": params(model)}
+        before = _snapshot(model)
+        lap("build")
+        cell.phase = "step"
+        try:
+            ctx["applied"] = col.apply(model, example, calib)
+        except st.UnsupportedModelError as err:
+            lap("step")
+            _classify(cell, err)
+            if not _same_state(model, before) or not torch.equal(main_output(run_model(model, example)), ref):
+                cell.status = "fail"
+                cell.reason = "model changed after UnsupportedModelError: " + cell.reason
+            return cell
+        model.eval()
+        lap("step")
+        cell.phase = "check"
+        out = main_output(run_model(model, example))
+        ctx["out"] = out
+        if out.shape != ref.shape:
+            raise CheckFailed(f"output shape {tuple(out.shape)} != float's {tuple(ref.shape)}")
+        if not torch.isfinite(out).all():
+            raise CheckFailed("output has NaN or inf")
+        col.check(ctx)
+        lap("check")
+        cell.phase = "roundtrip"
+        with tempfile.TemporaryDirectory() as tmp:
+            path = st.save(model, Path(tmp) / "model")
+            cell.metrics["saved_bytes"] = path.stat().st_size
+            fresh, _, _ = build()
+            st.load(path, model=fresh)
+            fresh.eval()
+            again = main_output(run_model(fresh, example))
+            if again.shape != out.shape or not torch.equal(again, out):
+                diff = float((again - out).abs().max()) if again.shape == out.shape else float("nan")
+                raise CheckFailed(f"st.load gives other outputs than the saved model (max abs diff {diff:.3g}, "
+                                  f"shapes {tuple(again.shape)} vs {tuple(out.shape)})")
+            lap("roundtrip")
+            if onnx:
+                cell.phase = "onnx"
+                st.export_onnx(model, example, Path(tmp) / "model.onnx", check=True)
+                lap("onnx")
+        cell.phase = "done"
+    except Exception as err:  # every outcome is recorded, never raised
+        lap(cell.phase)
+        _classify(cell, err)
+    return cell
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="run one row of the conformance matrix")
+    parser.add_argument("row", choices=sorted(ROWS))
+    parser.add_argument("columns", nargs="*", help=f"default: all of {list(COLUMNS)}")
+    parser.add_argument("--out", required=True, help="JSON-lines file to append one line per cell to")
+    parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX export phase")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    import logging
+    import warnings
+
+    warnings.simplefilter("ignore")
+    logging.getLogger("slimtorch").setLevel(logging.ERROR)
+    for column in args.columns or list(COLUMNS):
+        print(f"start {args.row} {column}", flush=True)  # the runner learns which cell a dying process was in
+        cell = check_cell(args.row, column, onnx=not args.no_onnx)
+        with open(args.out, "a") as fh:
+            fh.write(json.dumps(dataclasses.asdict(cell), default=str) + "\n")
+        print(f"{cell.row:40s} {cell.column:14s} {cell.status:11s} {sum(cell.seconds.values()):6.1f}s "
+              f"{cell.phase} {cell.reason[:150]}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
