@@ -1,8 +1,14 @@
-"""``slimtorch.load``: rebuild a saved (compressed) model on its original architecture. Never unpickles."""
+"""``slimtorch.load``: rebuild a saved (compressed) model on its original architecture. Never unpickles.
+
+Before a weight is loaded, the file is checked: its structure (:func:`slimtorch.io.manifest.validate`), its
+checksum, the model's module tree against the saved one and every tensor's name and shape
+(:mod:`slimtorch.io.architecture`). Every failure is an :class:`~slimtorch.ArtifactError` naming what is wrong.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any
 
@@ -10,13 +16,19 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
+from slimtorch._log import logger
 from slimtorch.errors import ArtifactError
-from slimtorch.io import manifest, sparse_storage
+from slimtorch.io import architecture, manifest, sparse_storage
 from slimtorch.io.save import SPARSE_VALUES, SPARSE_WHERE, artifact_path, digest
+
+#: manifest types that stand in for whatever module the original had at their name
+_IDENTITY = "torch.nn.Identity"
+#: slack (bytes) above the original module's size that a module rebuilt from the manifest may take
+_REBUILD_SLACK = 1 << 20
 
 
 def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
-    """Return the manifest stored in a slimtorch artifact's header.
+    """Return the manifest stored in a slimtorch artifact's header (its structure checked, not its checksum).
 
     Raises:
         ArtifactError: the file is missing, truncated, not safetensors, or not a slimtorch artifact.
@@ -33,35 +45,61 @@ def _read(path: str | os.PathLike, tensors: bool = True) -> tuple[dict[str, Any]
         with safe_open(str(file), framework="pt") as f:
             meta = f.metadata() or {}
             data = {k: f.get_tensor(k) for k in f.keys()} if tensors else {}
-    except (SafetensorError, OSError, RuntimeError, ValueError) as err:
+    except (SafetensorError, OSError, RuntimeError, ValueError, TypeError) as err:
         raise ArtifactError(f"{file} is truncated or not a safetensors file ({err}); save the model again") from None
     if "slimtorch" not in meta:
         raise ArtifactError(f"{file} is a safetensors file but not a slimtorch artifact (no manifest in its header)")
     try:
         header = json.loads(meta["slimtorch"])
-    except json.JSONDecodeError as err:
+    except (ValueError, RecursionError) as err:
         raise ArtifactError(f"{file}: the manifest is not valid JSON ({err}); the file was tampered with") from None
-    if header.get("format") != manifest.FORMAT or not isinstance(header.get("modules"), dict):
-        raise ArtifactError(f"{file}: the manifest is malformed; the file was tampered with")
-    if header.get("version", 0) > manifest.VERSION:
-        raise ArtifactError(
-            f"{file} was written by slimtorch {header.get('slimtorch_version')} (manifest v{header['version']}); "
-            "upgrade slimtorch to read it"
-        )
-    if tensors and digest(data) != header.get("sha256"):
-        raise ArtifactError(f"{file}: tensor data does not match its checksum; the file was corrupted or tampered with")
+    header = manifest.validate(header, str(file))
+    if tensors:
+        signed = {k: v for k, v in header.items() if k != "sha256"} if header["version"] >= 3 else None
+        if digest(data, signed) != header.get("sha256"):
+            raise ArtifactError(f"{file}: tensor data or manifest does not match its checksum; the file was corrupted "
+                                "or tampered with, save the model again")
     return header, data
 
 
+def _sparse_entries(header: dict[str, Any]) -> dict[str, tuple[list[int], str]]:
+    # manifest v1 recorded only the shape (bitmask form); v2 records {"shape", "form"}
+    return {name: (entry, "bits") if isinstance(entry, list) else (entry["shape"], entry["form"])
+            for name, entry in header.get("sparse", {}).items()}
+
+
+def _saved_shapes(header: dict[str, Any], data: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    """Every tensor the file holds, by its name in the state dict: dense, sparse (decoded shape) and tied."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    parts = set()
+    for name, (shape, form) in _sparse_entries(header).items():
+        for key in (name + SPARSE_WHERE[form], name + SPARSE_VALUES):
+            if key not in data:
+                raise ArtifactError(f"sparse tensor {name!r} has no part {key!r} in the file; the file is corrupted")
+            parts.add(key)
+        shapes[name] = tuple(shape)
+    for name, t in data.items():
+        if name in shapes:
+            raise ArtifactError(f"tensor {name!r} is stored both dense and sparse; the file is corrupted")
+        if name not in parts:
+            shapes[name] = tuple(t.shape)
+    for name, source in header.get("tied", {}).items():
+        if name in shapes or source not in shapes:
+            raise ArtifactError(f"tensor {name!r} is tied to {source!r}, which the file does not hold (or it holds "
+                                f"{name!r} itself); the file is corrupted")
+        shapes[name] = shapes[source]
+    return shapes
+
+
 def _dense_state(header: dict[str, Any], data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    state = {k: v for k, v in data.items() if not k.endswith((*SPARSE_WHERE.values(), SPARSE_VALUES))}
-    for name, entry in header.get("sparse", {}).items():
-        # manifest v1 recorded only the shape (bitmask form); v2 records {"shape", "form"}
-        shape, form = (entry, "bits") if isinstance(entry, list) else (entry.get("shape"), entry.get("form"))
+    parts = {name + suffix for name, (_, form) in _sparse_entries(header).items()
+             for suffix in (SPARSE_WHERE[form], SPARSE_VALUES)}
+    state = {k: v for k, v in data.items() if k not in parts}
+    for name, (shape, form) in _sparse_entries(header).items():
         try:
             state[name] = sparse_storage.decode(data[name + SPARSE_WHERE[form]], data[name + SPARSE_VALUES], shape,
                                                 form)
-        except (KeyError, ValueError, TypeError) as err:
+        except (KeyError, ValueError, TypeError, RuntimeError) as err:
             raise ArtifactError(f"sparse tensor {name!r} cannot be decoded ({err}); the file is corrupted") from None
     for name, source in header.get("tied", {}).items():
         if source not in state:
@@ -70,28 +108,77 @@ def _dense_state(header: dict[str, Any], data: dict[str, torch.Tensor]) -> dict[
     return state
 
 
-def _replace(model: nn.Module, path: str, module: nn.Module) -> None:
-    if not path:
-        raise ArtifactError("the manifest replaces the root module; pass that module type as model=")
-    parent_name, _, child = path.rpartition(".")
+def _bytes(tensors: Any) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
+
+def _check_size(entry: dict[str, Any], path: str, current: nn.Module, budget: int) -> None:
+    """Refuse to build a module the manifest makes far larger than the model's and the file's tensors there
+    (a tampered size would otherwise allocate without bound). The module is first built on the meta device;
+    a class that cannot be counts one byte per element of the product of its integer arguments."""
+    limit = budget + _bytes(current.state_dict().values()) + _REBUILD_SLACK
     try:
-        parent = model.get_submodule(parent_name) if parent_name else model
-    except AttributeError:
-        raise ArtifactError(
-            f"the saved model has a module at {path!r} but the architecture given has no {parent_name!r}: "
-            "pass the same architecture the model was compressed from"
-        ) from None
-    setattr(parent, child, module)
+        with torch.device("meta"):
+            probe = manifest.build(entry, path)
+        size = _bytes(probe.state_dict().values())
+    except (ArtifactError, NotImplementedError, RuntimeError):
+        ints = [v for v in entry.get("args", {}).values() if isinstance(v, int) and not isinstance(v, bool) and v > 0]
+        size = math.prod(ints)
+    if size > limit:
+        raise ArtifactError(f"module {path!r} ({entry['type']}) would take {size} bytes rebuilt from the manifest, "
+                            f"more than the model's module and the file's tensors there ({limit}); the file is "
+                            "corrupted or the model is not the saved architecture")
+
+
+def _file_bytes_under(data: dict[str, torch.Tensor]) -> dict[str, int]:
+    """Bytes of the file's tensors below each module name ("" = all)."""
+    below: dict[str, int] = {}
+    for name, t in data.items():
+        parts = name.split(".")
+        for i in range(len(parts)):
+            prefix = ".".join(parts[:i])
+            below[prefix] = below.get(prefix, 0) + t.numel() * t.element_size()
+    return below
+
+
+def _rebuild(model: nn.Module, modules: dict[str, dict[str, Any]], file_bytes: dict[str, int]) -> None:
+    """Replace every module the manifest describes differently (parents before children)."""
+    for mpath, entry in sorted(modules.items(), key=lambda kv: kv[0].count(".") if kv[0] else -1):
+        try:
+            current = model.get_submodule(mpath) if mpath else model
+        except AttributeError:
+            raise ArtifactError(f"the saved model has a module {mpath!r} ({entry['type']}) but the model given has "
+                                f"none there; {architecture.FIX}") from None
+        if manifest.describe(current) == entry:
+            continue
+        if not mpath:
+            raise ArtifactError(f"the manifest replaces the root module by {entry['type']}; pass that module type "
+                                "as model=")
+        _check_size(entry, mpath, current, file_bytes.get(mpath, 0))
+        parent_name, _, child = mpath.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, manifest.build(entry, mpath))
+
+
+def _set_attrs(model: nn.Module, attrs: dict[str, dict[str, Any]]) -> None:
+    """Set the plain attributes slimtorch changed (head counts after head pruning) again."""
+    for mpath, values in attrs.items():
+        try:
+            owner = model.get_submodule(mpath) if mpath else model
+        except AttributeError:
+            raise ArtifactError(f"the architecture given has no module {mpath!r} recorded in the file; "
+                                f"{architecture.FIX}") from None
+        for key, value in values.items():
+            if key.startswith("_") or key == "training" or key not in vars(owner):
+                raise ArtifactError(f"the file sets attribute {key!r} of module {mpath!r} ({type(owner).__name__}), "
+                                    f"which has no such plain attribute; {architecture.FIX}")
+            manifest.set_tracked_attr(owner, key, value)
 
 
 def _fit_tensor_shapes(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Give directly-held parameters and buffers (class tokens, layer scales) the saved shapes."""
     for name, saved in state.items():
         owner_name, _, attr = name.rpartition(".")
-        try:
-            owner = model.get_submodule(owner_name) if owner_name else model
-        except AttributeError:
-            continue
+        owner = model.get_submodule(owner_name) if owner_name else model
         current = getattr(owner, attr, None)
         if isinstance(current, torch.Tensor) and current.shape != saved.shape:
             empty = torch.empty(saved.shape, dtype=saved.dtype)
@@ -104,9 +191,12 @@ def _fit_tensor_shapes(model: nn.Module, state: dict[str, torch.Tensor]) -> None
 def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
     """Load a model saved with ``slimtorch.save`` onto ``model``, its original (uncompressed) architecture.
 
-    Modules the manifest records with another type or other constructor arguments (pruned, decomposed,
-    quantized layers) are rebuilt, tracked attributes are set again, and then every weight is loaded; the
-    architecture passed in is changed in place and returned. Nothing is unpickled.
+    The model's module tree must be the saved one up to the changes slimtorch makes (modules replaced by
+    slimtorch layers or ``nn.Identity``, blocks removed by layer pruning, pruned widths), and every saved tensor
+    must have a place in it. Modules the manifest records with another type or other constructor arguments are
+    then rebuilt, tracked attributes are set again, and every weight is loaded; the architecture passed in is
+    changed in place and returned. Nothing is unpickled. After an ``ArtifactError`` raised once rebuilding
+    started, the model passed in may be partly changed: build a fresh one.
 
     Args:
         path: the saved file (``.safetensors`` may be left off).
@@ -116,7 +206,8 @@ def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
         ``model``, now identical to the saved one.
 
     Raises:
-        ArtifactError: a missing, truncated, tampered or incompatible file, with what to do.
+        ArtifactError: a missing, truncated, tampered or incompatible file, or a model of another architecture,
+            with what to do.
 
     Example:
         >>> import slimtorch as st, torch
@@ -125,28 +216,35 @@ def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
         Linear(in_features=4, out_features=2, bias=True)
     """
     header, data = _read(path)
+    saved = _saved_shapes(header, data)
+    modules = header["modules"]
+    if "tree" in header:
+        tree_names = {row[0] for row in header["tree"]["modules"]}
+        stray = sorted(set(modules) - tree_names)
+        if stray:
+            raise ArtifactError(f"the manifest describes module {stray[0]!r}, which its module tree lacks; the file "
+                                "is corrupted, save the model again")
+        replaced = {p for p, e in modules.items() if e["type"] in manifest.MODULES or e["type"] == _IDENTITY}
+        architecture.check_tree(header["tree"], model, replaced)
+    else:
+        logger.info("%s: manifest v%d records no module tree; the architecture is checked by tensor names and shapes "
+                    "only", artifact_path(path), header["version"])
+    before = {k: tuple(v.shape) for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
+    classes = {name: type(m) for name, m in model.named_modules()}
+    _rebuild(model, modules, _file_bytes_under(data))
+    _set_attrs(model, header.get("attrs", {}))
+    kept = {name for name, m in model.named_modules() if classes.get(name) is type(m)}
+    architecture.check_tensors(saved, model, before, kept, set(modules))
     state = _dense_state(header, data)
-    for mpath, entry in sorted(header["modules"].items(), key=lambda kv: kv[0].count(".") if kv[0] else -1):
-        try:
-            current = model.get_submodule(mpath) if mpath else model
-        except AttributeError:
-            current = None
-        if current is not None and manifest.describe(current) == entry:
-            continue
-        _replace(model, mpath, manifest.build(entry, mpath))
-    for mpath, attrs in header.get("attrs", {}).items():
-        try:
-            owner = model.get_submodule(mpath) if mpath else model
-        except AttributeError:
-            raise ArtifactError(f"the architecture given has no module {mpath!r} recorded in the file") from None
-        for key, value in attrs.items():
-            manifest.set_tracked_attr(owner, key, value)
     _fit_tensor_shapes(model, state)
-    result = model.load_state_dict(state, strict=False, assign=True)
+    try:
+        result = model.load_state_dict(state, strict=False, assign=True)
+    except RuntimeError as err:
+        raise ArtifactError(f"the saved weights do not load into the model ({err}); {architecture.FIX}") from None
     if result.missing_keys or result.unexpected_keys:
         raise ArtifactError(
             f"the saved weights do not fit the architecture given (missing {result.missing_keys[:5]}, "
-            f"unexpected {result.unexpected_keys[:5]}): pass the architecture the model was compressed from"
+            f"unexpected {result.unexpected_keys[:5]}); {architecture.FIX}"
         )
-    model.train(bool(header.get("training", False)))
+    model.train(header.get("training", False))
     return model

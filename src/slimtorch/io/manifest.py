@@ -14,9 +14,12 @@ from typing import Any
 from torch import nn
 
 from slimtorch.errors import ArtifactError
+from slimtorch.io.sparse_storage import FORMS
 
 FORMAT = "slimtorch"
-VERSION = 2  # 2: sparse tensors record their form ("bits" or "index"); v1 files still load
+#: 2: sparse tensors record their form ("bits" or "index"); 3: the module tree (``tree``) is recorded and the
+#: checksum covers the manifest too. Files of every earlier version still load.
+VERSION = 3
 
 #: registered compressed module classes, by class name
 MODULES: dict[str, type[nn.Module]] = {}
@@ -134,7 +137,7 @@ def build(entry: dict[str, Any], path: str) -> nn.Module:
         args["padding"] = tuple(args["padding"])
     try:
         return cls(**args)
-    except (TypeError, ValueError) as err:
+    except Exception as err:  # noqa: BLE001 - arguments read from a file: any failure of the constructor is the file's
         raise ArtifactError(f"cannot rebuild module {path!r} ({name}) from the manifest: {err}") from None
 
 
@@ -144,3 +147,75 @@ def set_tracked_attr(module: nn.Module, name: str, value: int | float | str | bo
     setattr(module, name, value)
     tracked = module.__dict__.setdefault("_slim_attrs", {})
     tracked[name] = value
+
+
+def _shape(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value)
+
+
+def _module_entry(value: Any) -> bool:
+    return isinstance(value, dict) and isinstance(value.get("type"), str) and isinstance(value.get("args", {}), dict)
+
+
+def _sparse_entry(value: Any) -> bool:
+    # v1 recorded only the shape (bitmask form)
+    return _shape(value) or (isinstance(value, dict) and _shape(value.get("shape")) and value.get("form") in FORMS)
+
+
+def _tree(value: Any) -> bool:
+    if not isinstance(value, dict) or not isinstance(value.get("types"), list) or not isinstance(
+            value.get("modules"), list) or not all(isinstance(t, str) for t in value["types"]):
+        return False
+    rows, count = value["modules"], len(value["types"])
+    well_formed = all(isinstance(r, list) and len(r) == 2 and isinstance(r[0], str) and isinstance(r[1], int)
+                      and not isinstance(r[1], bool) and 0 <= r[1] < count for r in rows)
+    return well_formed and len({r[0] for r in rows}) == len(rows)
+
+
+def _dict_of(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda value: isinstance(value, dict) and all(check(v) for v in value.values())
+
+
+_ATTR_VALUE = (bool, int, float, str, list, type(None))
+
+#: field -> (first manifest version that requires it, check of its value, what the value must be)
+FIELDS: dict[str, tuple[int | None, Callable[[Any], bool], str]] = {
+    "modules": (1, _dict_of(_module_entry), 'an object of module name -> {"type": str, "args": object}'),
+    "attrs": (None, _dict_of(_dict_of(lambda v: isinstance(v, _ATTR_VALUE))), "an object of objects of JSON values"),
+    "tied": (None, _dict_of(lambda v: isinstance(v, str)), "an object of tensor name -> tensor name"),
+    "sparse": (None, _dict_of(_sparse_entry), f'an object of name -> {{"shape": [int], "form": one of {FORMS}}}'),
+    "training": (None, lambda v: isinstance(v, bool), "true or false"),
+    "sha256": (None, lambda v: isinstance(v, str), "a hex string"),
+    "tree": (3, _tree, 'an object {"types": [str], "modules": [[unique name, index into types]]}'),
+    "extra": (None, lambda v: isinstance(v, dict), "an object"),
+}
+
+
+def validate(header: Any, file: str) -> dict[str, Any]:
+    """Check the structure of a manifest read from ``file`` (every field slimtorch reads has the right type).
+
+    Returns:
+        ``header``, now known to be well-formed.
+
+    Raises:
+        ArtifactError: the manifest is not a slimtorch manifest, is from a newer slimtorch, or has a missing
+            or malformed field (named in the message).
+    """
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise ArtifactError(f"{file}: the manifest is malformed (not a slimtorch manifest); the file was tampered with")
+    version = header.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ArtifactError(f"{file}: manifest field 'version' is {version!r}, not a positive integer; the file was "
+                            "tampered with, save the model again")
+    if version > VERSION:
+        raise ArtifactError(f"{file} was written by slimtorch {header.get('slimtorch_version')} (manifest "
+                            f"v{version}); upgrade slimtorch to read it")
+    for field, (since, check, what) in FIELDS.items():
+        if field not in header:
+            if since is not None and version >= since:
+                raise ArtifactError(f"{file}: the manifest (v{version}) has no field {field!r}; the file was "
+                                    "tampered with, save the model again")
+        elif not check(header[field]):
+            raise ArtifactError(f"{file}: manifest field {field!r} must be {what}; the file was tampered with, "
+                                "save the model again")
+    return header

@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from slimtorch.errors import ArtifactError
-from slimtorch.io import manifest, sparse_storage
+from slimtorch.io import architecture, manifest, sparse_storage
 from slimtorch.io.atomic import publish, temporary_sibling
 
 SUFFIX = ".safetensors"
@@ -28,13 +28,17 @@ def artifact_path(path: str | os.PathLike) -> Path:
     return p if p.suffix == SUFFIX else p.with_name(p.name + SUFFIX)
 
 
-def digest(tensors: dict[str, torch.Tensor]) -> str:
-    """SHA-256 of every tensor's name, dtype, shape and bytes, in name order (detects tampering)."""
+def digest(tensors: dict[str, torch.Tensor], signed: dict[str, Any] | None = None) -> str:
+    """SHA-256 of every tensor's name, dtype, shape and bytes, in name order, and of the manifest fields in
+    ``signed`` (manifest v3 on; JSON with sorted keys), so that any change to the file is detected."""
     h = hashlib.sha256()
+    if signed is not None:
+        h.update(json.dumps(signed, sort_keys=True).encode())
     for name in sorted(tensors):
         t = tensors[name]
         h.update(f"{name}|{t.dtype}|{list(t.shape)}".encode())
-        h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        if t.numel():
+            h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy())
     return h.hexdigest()
 
 
@@ -114,9 +118,11 @@ def save(
         "attrs": attrs,
         "tied": tied,
         "sparse": sparse_names,
-        "sha256": digest(tensors),
+        "tree": architecture.module_tree(model),
         "extra": extra or {},
     }
+    header = json.loads(json.dumps(header))  # the manifest as load reads it back (string keys, lists), then signed
+    header["sha256"] = digest(tensors, header)
     tmp = temporary_sibling(target)
     try:
         save_file(tensors, tmp, metadata={"slimtorch": json.dumps(header)})

@@ -10,6 +10,8 @@ s > 3% on; :func:`choose` picks the form per tensor, or none where neither saves
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -47,18 +49,28 @@ def decode(where: torch.Tensor, values: torch.Tensor, shape: list[int], form: st
     """Inverse of :func:`encode`: the dense tensor of ``shape`` with ``values`` at the stored positions.
 
     Raises:
-        ValueError: the positions and values disagree (a corrupted file).
+        ValueError: the positions and values disagree, or either has a dtype or size ``encode`` never writes
+            (a corrupted file).
     """
-    numel = int(np.prod(shape)) if shape else 1
+    numel = math.prod(shape)
+    if values.dim() != 1 or not values.is_floating_point():
+        raise ValueError(f"the values are {values.dtype} of shape {list(values.shape)}, not a 1-D float tensor")
     out = torch.zeros(numel, dtype=values.dtype)
     if form == "bits":
+        if where.dtype != torch.uint8 or where.dim() != 1 or where.numel() != (numel + 7) // 8:
+            raise ValueError(f"the bitmask is {where.dtype} of shape {list(where.shape)}, not the "
+                             f"{(numel + 7) // 8} bytes of {numel} elements")
         mask = torch.from_numpy(np.unpackbits(where.numpy(), count=numel).astype(bool))
         if int(mask.sum()) != values.numel():
             raise ValueError(f"bitmask has {int(mask.sum())} set bits but {values.numel()} values were stored")
         out[mask] = values
     else:
+        if where.dtype not in (torch.uint16, torch.int32) or where.dim() != 1:
+            raise ValueError(f"the positions are {where.dtype} of shape {list(where.shape)}, not 1-D uint16/int32")
         index = where.to(torch.int64)
         if index.numel() != values.numel() or (index.numel() and (index.min() < 0 or index.max() >= numel)):
             raise ValueError(f"{index.numel()} positions for {values.numel()} values in a tensor of {numel}")
+        if index.numel() > 1 and not bool((index[1:] > index[:-1]).all()):
+            raise ValueError("the positions are not strictly increasing")
         out[index] = values
     return out.reshape(shape)
