@@ -34,6 +34,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 #: qualified class names of GPT-2-style transposed linear layers (weight ``[in, out]``, bias ``[out]``)
 TRANSPOSED_LINEAR = frozenset({"transformers.pytorch_utils.Conv1D", "transformers.modeling_utils.Conv1D"})
@@ -146,10 +147,16 @@ def layer_kind(module: nn.Module) -> LayerKind:
     Returns:
         ``LayerKind("plain")`` for torch layers and subclasses computing the same; ``"same_pad"`` for
         convolutions that pad TensorFlow-"same" style themselves; ``"transposed"`` for GPT-2's ``Conv1D``;
-        ``"unknown"`` (with the reason) for any other subclass with a ``forward`` of its own.
+        ``"unknown"`` (with the reason) for any other subclass with a ``forward`` of its own. slimtorch's own
+        compressed layers (classes with a boolean ``same_pad``) are ``"same_pad"`` when theirs is set, so a
+        twin replacing a twin (QAT convert, ONNX export) carries the padding; otherwise ``"unknown"``.
     """
     if is_transposed_linear(module):
         return LayerKind("transposed")
+    if isinstance(getattr(type(module), "same_pad", None), bool):  # a slimtorch twin: its flag says, no probe
+        if module.same_pad:
+            return LayerKind("same_pad")
+        return LayerKind("unknown", f"{qualified_name(type(module))} is a compressed slimtorch layer")
     base = _torch_base(module)
     if base is None:
         return LayerKind("unknown", f"{qualified_name(type(module))} is not a linear or convolution layer")
@@ -190,3 +197,63 @@ def as_plain(module: nn.Module) -> nn.Module:
         conv.weight, conv.bias = module.weight, module.bias
         return conv
     raise ValueError(kind.reason)
+
+
+#: torch functions that compute with a weight as it is stored: a zero entry contributes nothing to them
+_WEIGHT_PRODUCTS = frozenset({"linear", "conv1d", "conv2d", "conv3d", "addmm", "matmul", "mm"})
+#: torch functions that only read a weight's metadata (``weight.shape`` is a ``__get__``)
+_WEIGHT_READS = frozenset({"__get__", "size", "dim", "numel"})
+
+
+class _WeightUses(TorchFunctionMode):
+    """Records the names of the torch functions that receive ``weight`` itself during a forward."""
+
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        self.weight, self.uses = weight, set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 - torch's signature
+        kwargs = kwargs or {}
+        if any(a is self.weight for a in (*args, *kwargs.values())):
+            self.uses.add(getattr(func, "__name__", str(func)))
+        return func(*args, **kwargs)
+
+
+def masking_reason(module: nn.Module) -> str | None:
+    """Why zeroing entries of a layer's weight would not remove them from what the layer computes, or None.
+
+    Masking families (unstructured and N:M pruning) keep the layer and zero its weight, so a subclass keeps its
+    own ``forward``; that is only pruning when the forward multiplies with the weight as stored. Known kinds
+    do; an ``"unknown"`` subclass is run once on a small random input (weights, random state and mode kept)
+    and must hand its ``weight`` unchanged to a linear/convolution product. One that transforms it first
+    (timm's ``StdConv2d`` standardizes it: a zero becomes ``-mean / std``) is refused.
+
+    Returns:
+        None when masking the weight prunes the layer, else the reason (naming the class).
+    """
+    kind = layer_kind(module)
+    if kind.kind != "unknown":
+        return None
+    weight, base = getattr(module, "weight", None), _torch_base(module)
+    if base is None or not isinstance(weight, torch.Tensor) or weight.is_meta:
+        return kind.reason
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    if base is nn.Linear:
+        shape = (2, module.in_features)
+    else:
+        shape = (1, module.in_channels, *(k * d + 3 for k, d in zip(module.kernel_size, module.dilation, strict=True)))
+    recorder = _WeightUses(weight)
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad(), recorder:
+            module(torch.randn(shape, generator=gen).to(weight.device, weight.dtype))
+    except Exception:  # noqa: BLE001 - a forward that fails on a probe input is not one we can vouch for
+        recorder.uses = set()
+    finally:
+        module.train(was_training)
+    if recorder.uses & _WEIGHT_PRODUCTS and recorder.uses <= _WEIGHT_PRODUCTS | _WEIGHT_READS:
+        return None
+    return (f"{qualified_name(type(module))} computes with its weight transformed in its own forward "
+            f"(through {sorted(recorder.uses - _WEIGHT_READS) or 'no linear/convolution product'}), so a zeroed "
+            "weight would not be a removed one; it is left dense")

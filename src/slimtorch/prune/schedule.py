@@ -219,7 +219,8 @@ def _gradual(model: nn.Module, config: GradualPruning, *, data: Any, example_inp
     if data is None:
         raise DataError("GradualPruning prunes while fine-tuning: pass data= (a labelled training loader)")
     teacher = frozen_copy(model) if config.distill else None
-    layers = choose_layers(model, config.include, config.exclude, config.prune_head, select)
+    # the layers it skips are recorded (summary, log) by apply_unstructured below
+    layers, _ = choose_layers(model, config.include, config.exclude, config.prune_head, select)
     if not layers:
         raise ConfigError("GradualPruning found no Linear/Conv layer to prune; check include/exclude")
     first = config.pruning(config.initial_sparsity)

@@ -2,8 +2,9 @@
 N most important and zero the rest (2:4 is the pattern of sparse tensor cores).
 
 The input dimension of a Linear weight ``(out, in)`` is ``in``; for a convolution ``(out, in, *kernel)`` the
-groups run along the flattened ``in * kernel`` axis of each filter, the reduction axis of its GEMM. A layer
-whose input size is not a multiple of M is left dense (and named in the log and the report).
+groups run along the flattened ``in * kernel`` axis of each filter, the reduction axis of its GEMM. GPT-2's
+``Conv1D`` stores its weight ``(in, out)``: its groups run along dim 0. A layer whose input size is not a
+multiple of M is left dense (and named in the log, the report and the step's summary).
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from slimtorch._log import logger
 from slimtorch.api import handler
 from slimtorch.config import Config, check_range, register
 from slimtorch.errors import ConfigError
+from slimtorch.layer_kinds import is_transposed_linear
 from slimtorch.prune.masks import MASK, attach_mask, make_permanent
 from slimtorch.prune.unstructured import choose_layers, layer_scores, report
+from slimtorch.summary import StepSummary, record
 
 
 @register("prune", "nm")
@@ -65,6 +68,18 @@ class NMPruning(Config):
         return self.importance in ("taylor", "movement")
 
 
+def output_first(module: nn.Module, tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` (the shape of ``module``'s weight) with the output axis first, as :func:`nm_mask` and
+    :func:`nm_violations` take it: GPT-2's ``Conv1D`` weight ``(in, out)`` is transposed (a view, so applying
+    it twice gives the original layout back); other layers' weights already are ``(out, in, *kernel)``."""
+    return tensor.t() if is_transposed_linear(module) else tensor
+
+
+def input_size(module: nn.Module) -> int:
+    """Weights per output (the GEMM's reduction size) of a Linear, Conv or GPT-2 ``Conv1D`` layer."""
+    return output_first(module, module.weight)[0].numel()
+
+
 def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
     """Bool keep-mask with the ``n`` highest scores of every ``m`` consecutive entries along the input axis.
 
@@ -99,7 +114,8 @@ def check_nm(model: nn.Module, n: int, m: int, layers: Sequence[str]) -> None:
         ConfigError: naming the first layer that breaks the pattern and how many groups do.
     """
     for name in layers:
-        bad = nm_violations(model.get_submodule(name).weight, n, m)
+        module = model.get_submodule(name)
+        bad = nm_violations(output_first(module, module.weight), n, m)
         if bad:
             raise ConfigError(f"layer {name!r} breaks the {n}:{m} pattern in {bad} groups; prune it again "
                               "with NMPruning or keep its masks during fine-tuning")
@@ -108,17 +124,21 @@ def check_nm(model: nn.Module, n: int, m: int, layers: Sequence[str]) -> None:
 @handler(NMPruning)
 def _prune(model: nn.Module, config: NMPruning, *, data: Any, example_inputs: Any,
            select: Sequence[str] | None, seed: int) -> nn.Module:
-    layers = choose_layers(model, config.include, config.exclude, config.prune_head, select)
-    fits = [(n, mod) for n, mod in layers if mod.weight[0].numel() % config.m == 0]
-    skipped = [n for n, mod in layers if mod.weight[0].numel() % config.m]
+    layers, refused = choose_layers(model, config.include, config.exclude, config.prune_head, select)
+    fits = [(n, mod) for n, mod in layers if input_size(mod) % config.m == 0]
+    skipped = [n for n, mod in layers if input_size(mod) % config.m]
     if skipped:
         logger.warning("N:M pruning left %s dense: their input size is not a multiple of m=%d", skipped, config.m)
+    refused.update({n: f"input size {input_size(mod)} is not a multiple of m={config.m}" for n, mod in layers
+                    if n in skipped})
+    summary = record(model, StepSummary(type(config).__name__, tuple(n for n, _ in fits), refused))
     if not fits:
         raise ConfigError(f"NMPruning found no Linear/Conv layer whose input size is a multiple of m={config.m} "
-                          f"(skipped {skipped}); choose another m or other layers")
+                          f"(skipped {dict(summary.skipped)}); choose another m or other layers")
     scores = layer_scores(model, fits, config.importance, data=data,
                           calibration_batches=config.calibration_batches, seed=seed)
-    masks = {name: nm_mask(scores[name], config.n, config.m) for name, _ in fits}
+    masks = {name: output_first(mod, nm_mask(output_first(mod, scores[name]), config.n, config.m))
+             for name, mod in fits}
     for name, module in fits:
         attach_mask(module, masks[name])
         masks[name] = getattr(module, MASK).bool()

@@ -19,9 +19,11 @@ from slimtorch._log import logger
 from slimtorch.api import handler
 from slimtorch.config import Config, check_range, register
 from slimtorch.errors import ConfigError
+from slimtorch.layer_kinds import masking_reason
 from slimtorch.prune import importance as imp
 from slimtorch.prune.masks import MASK, attach_mask, is_masked, make_permanent
 from slimtorch.select import last_linear, select
+from slimtorch.summary import StepSummary, last_summary, record
 
 PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -85,12 +87,17 @@ def choose_layers(
     prune_head: bool,
     extra_include: Sequence[str] | None = None,
     types: tuple[type[nn.Module], ...] = PRUNABLE,
-) -> list[tuple[str, nn.Module]]:
-    """The ``(name, layer)`` pairs a weight-pruning config touches: ``types`` matching the patterns, without
-    the classifier head unless ``prune_head`` (or the head is named in ``include``). A model that is itself
-    one layer (a bare ``nn.Linear``) is that layer, named ``""``."""
+) -> tuple[list[tuple[str, nn.Module]], dict[str, str]]:
+    """The ``(name, layer)`` pairs a weight-pruning config touches: ``types`` (GPT-2's ``Conv1D`` counts as a
+    Linear) matching the patterns, without the classifier head unless ``prune_head`` (or the head is named in
+    ``include``). A model that is itself one layer (a bare ``nn.Linear``) is that layer, named ``""``.
+
+    Returns:
+        ``(chosen, skipped)``: subclasses whose own ``forward`` transforms the weight (so a zero would not
+        prune, see :func:`slimtorch.layer_kinds.masking_reason`) are skipped, name -> reason.
+    """
     if isinstance(model, types) and not any(True for _ in model.children()):
-        return [("", model)]
+        return [("", model)], {}
     patterns = None
     if include is not None or extra_include is not None:
         patterns = list(include or []) + list(extra_include or [])
@@ -98,7 +105,8 @@ def choose_layers(
     head = last_linear(model)
     if not prune_head and head is not None and (include is None or head not in include):
         chosen = [(n, m) for n, m in chosen if n != head]
-    return chosen
+    reasons = {n: masking_reason(m) for n, m in chosen}
+    return [(n, m) for n, m in chosen if reasons[n] is None], {n: r for n, r in reasons.items() if r is not None}
 
 
 def layer_scores(
@@ -183,13 +191,17 @@ def apply_unstructured(
 ) -> dict[str, Any]:
     """Compute and attach the masks of ``config``; returns the sparsity report (see :func:`report`).
 
+    Also records the step's :class:`~slimtorch.summary.StepSummary` (layers masked, layers skipped and why).
+
     Raises:
         ConfigError: a ``per_layer`` name that is not one of the chosen layers, or no layer to prune.
     """
-    layers = choose_layers(model, config.include, config.exclude, config.prune_head, select)
+    layers, skipped = choose_layers(model, config.include, config.exclude, config.prune_head, select)
     names = [n for n, _ in layers]
     if not layers:
-        raise ConfigError("UnstructuredPruning found no Linear/Conv layer to prune; check include/exclude")
+        record(model, StepSummary(type(config).__name__, (), skipped))
+        raise ConfigError(f"UnstructuredPruning found no Linear/Conv layer to prune (skipped: {skipped or 'none'}); "
+                          "check include/exclude")
     unknown = [n for n in (config.per_layer or {}) if n not in names]
     if unknown:
         raise ConfigError(f"UnstructuredPruning.per_layer names {unknown}, which are not chosen layers; "
@@ -201,6 +213,7 @@ def apply_unstructured(
         attach_mask(module, masks[name])
         masks[name] = getattr(module, MASK).bool()
     result = report(masks)
+    record(model, StepSummary(type(config).__name__, tuple(names), skipped))
     if config.recalibrate_bn and data is not None:
         from slimtorch.prune.channel_scores import recalibrate_batchnorm
 
@@ -219,6 +232,8 @@ def _prune(model: nn.Module, config: UnstructuredPruning, *, data: Any, example_
     if config.kernel == "auto":
         from slimtorch.prune.sparse_linear import use_sparse_kernels
 
+        pruned = last_summary(model)
         result["kernels"] = use_sparse_kernels(model, example_inputs, layers=list(result["layers"]))
+        record(model, pruned)  # the step's summary is the pruning's; the kernels' was logged
     model.__dict__["slimtorch_pruning"] = result
     return model
