@@ -149,8 +149,11 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
         text = (resources.files("slimtorch") / "recipes" / f"{name}.yaml").read_text()
     else:
         file = Path(path)
+        if file.is_dir():
+            raise ConfigError(f"recipe {file} is a folder; give a YAML file or builtin:NAME ({builtin_names()})")
         if not file.is_file():
-            raise ConfigError(f"recipe file {file} does not exist")
+            raise ConfigError(f"recipe file {file} does not exist; give a YAML file or builtin:NAME "
+                              f"({builtin_names()})")
         name = file.stem
         text = file.read_text()
     try:

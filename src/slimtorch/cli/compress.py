@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from slimtorch.cli import options
 from slimtorch.errors import ConfigError
 
 
@@ -16,15 +17,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     from slimtorch.recipe import builtin_names
 
     p = sub.add_parser("compress", help="run a recipe (prune, decompose, quantize, fine-tune) and write a report")
-    p.add_argument("model", help="zoo:NAME, package.module:factory, or a Hugging Face model folder")
-    p.add_argument("--recipe", required=True, help=f"a YAML recipe file or builtin:NAME ({', '.join(builtin_names())})")
-    p.add_argument("--data", help="zoo:NAME, an image folder (one sub-folder per class), or package.module:function")
-    p.add_argument("-o", "--out", required=True, help="output folder for the model, checkpoints and the report")
+    p.add_argument("model", type=options.model_spec,
+                   help="zoo:NAME, package.module:factory, or a Hugging Face model folder")
+    p.add_argument("--recipe", required=True, type=options.recipe,
+                   help=f"a YAML recipe file or builtin:NAME ({', '.join(builtin_names())})")
+    p.add_argument("--data", type=options.data_spec,
+                   help="zoo:NAME, an image folder (one sub-folder per class), or package.module:function")
+    p.add_argument("-o", "--out", required=True, type=options.output_folder,
+                   help="output folder for the model, checkpoints and the report")
     p.add_argument("--resume", action="store_true", help="continue after the last checkpoint in OUT")
-    p.add_argument("--weights", help="state-dict file (.safetensors or weights-only .pt) for a factory model")
-    p.add_argument("--batch-size", type=int, default=32, help="batch size for latency measurements (default 32)")
-    p.add_argument("--image-size", type=int, default=224, help="side of images read from an image folder")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--weights", type=options.existing_file,
+                   help="state-dict file (.safetensors or weights-only .pt) for a factory model")
+    p.add_argument("--batch-size", type=options.positive_int, default=32,
+                   help="batch size for latency measurements (default 32)")
+    p.add_argument("--image-size", type=options.positive_int, default=224,
+                   help="side of images read from an image folder")
+    p.add_argument("--seed", type=options.seed, default=0)
     p.set_defaults(run=run)
 
 
@@ -83,12 +91,11 @@ def run(args: argparse.Namespace) -> int:
     """Resolve model, data and recipe (all validated before any work), run it, write everything to OUT."""
     from slimtorch.cli.data_spec import resolve_data
     from slimtorch.cli.model_spec import resolve_model
-    from slimtorch.recipe import load_recipe
 
-    recipe = load_recipe(args.recipe)
+    recipe = args.recipe  # read and validated by the parser
     data = resolve_data(args.data, args.image_size)
     resolved = resolve_model(args.model, args.weights)
-    out = Path(args.out)
+    out = args.out
     files = compress_and_report(resolved, recipe, data, out, batch_size=args.batch_size, resume=args.resume,
                                 seed=args.seed, title=f"slimtorch compress {args.model} ({recipe.name or 'recipe'})")
     if files:

@@ -73,6 +73,34 @@ def image_folder(root: Path, image_size: int, batch_size: int = 32, test_fractio
     )
 
 
+def check_data_spec(spec: str) -> str:
+    """Check the form of a --data spec without reading anything; returns it.
+
+    Raises:
+        DataError: an unknown zoo name (with the close match), a file, or a spec of no known form, naming the
+            forms that are accepted.
+    """
+    forms = "use zoo:NAME, an image folder, or package.module:function"
+    if spec.startswith("zoo:"):
+        from slimtorch import zoo
+        from slimtorch.config import suggest
+
+        name = spec[4:]
+        if name not in zoo.names():
+            raise DataError(f"no zoo data set {name!r}{suggest(name, zoo.names())}; the zoo has {zoo.names()}")
+        return spec
+    path = Path(spec)
+    if path.is_dir():
+        return spec
+    if path.is_file():
+        raise DataError(f"--data {spec!r} is a file: {forms}")
+    if ":" not in spec:
+        raise DataError(f"--data {spec!r} is not understood (no such folder): {forms}")
+    from slimtorch.cli.model_spec import check_import_spec
+
+    return check_import_spec(spec, "data")
+
+
 def resolve_data(spec: str | None, image_size: int = 224) -> Any:
     """Turn a --data spec into a data object with ``train``/``test`` loaders (and ``evaluate``), or None.
 
@@ -81,6 +109,7 @@ def resolve_data(spec: str | None, image_size: int = 224) -> Any:
     """
     if spec is None:
         return None
+    check_data_spec(spec)
     if spec.startswith("zoo:"):
         from slimtorch import zoo
 
@@ -88,13 +117,11 @@ def resolve_data(spec: str | None, image_size: int = 224) -> Any:
     path = Path(spec)
     if path.is_dir():
         return image_folder(path, image_size)
-    if ":" in spec:
-        from slimtorch.cli.model_spec import _import_attr
+    from slimtorch.cli.model_spec import _import_attr
 
-        result = _import_attr(spec, "data")()
-        if hasattr(result, "train"):
-            return result
-        if isinstance(result, tuple | list) and len(result) == 2:
-            return LoaderPair(*result)
-        raise DataError(f"data function {spec} must return (train_loader, val_loader) or an object with .train/.test")
-    raise DataError(f"--data {spec!r} is not understood: use zoo:NAME, an image folder, or package.module:function")
+    result = _import_attr(spec, "data")()
+    if hasattr(result, "train"):
+        return result
+    if isinstance(result, tuple | list) and len(result) == 2:
+        return LoaderPair(*result)
+    raise DataError(f"data function {spec} must return (train_loader, val_loader) or an object with .train/.test")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from slimtorch.cli import options
 from slimtorch.cli.model_spec import example_inputs, resolve_model
 from slimtorch.errors import ConfigError
 
@@ -12,36 +13,41 @@ from slimtorch.errors import ConfigError
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register the ``export`` sub-command."""
     p = sub.add_parser("export", help="export a (compressed) model to ONNX, checked to agree with PyTorch")
-    p.add_argument("model", help="zoo:NAME, package.module:factory, or a Hugging Face model folder")
-    p.add_argument("-o", "--output", required=True, help="the .onnx file to write")
-    p.add_argument("--weights", help="state-dict file (.safetensors or weights-only .pt) for a factory model")
-    p.add_argument("--artifact", help="a model saved by slimtorch (compress -o / st.save) to load onto MODEL's "
-                                      "architecture before export")
-    p.add_argument("--input-shape", help="example input shape, e.g. 1,3,224,224 (zoo models know theirs)")
-    p.add_argument("--batch-size", type=int, default=None, help="batch size of the example input (zoo models)")
+    p.add_argument("model", type=options.model_spec,
+                   help="zoo:NAME, package.module:factory, or a Hugging Face model folder")
+    p.add_argument("-o", "--output", required=True, type=options.onnx_file, help="the .onnx file to write")
+    p.add_argument("--weights", type=options.existing_file,
+                   help="state-dict file (.safetensors or weights-only .pt) for a factory model")
+    p.add_argument("--artifact", type=options.artifact,
+                   help="a model saved by slimtorch (compress -o / st.save) to load onto MODEL's architecture "
+                        "before export")
+    p.add_argument("--input-shape", type=options.shape,
+                   help="example input shape, e.g. 1,3,224,224 (zoo models know theirs)")
+    p.add_argument("--batch-size", type=options.positive_int, default=None,
+                   help="batch size of the example input (zoo models)")
     p.add_argument("--static-batch", action="store_true", help="fix the batch size instead of leaving it free")
-    p.add_argument("--data", help="zoo:NAME, an image folder or package.module:function: data for the agreement "
-                                  "check and for --int8-outputs (zoo models bring their own)")
+    p.add_argument("--data", type=options.data_spec,
+                   help="zoo:NAME, an image folder or package.module:function: data for the agreement check and "
+                        "for --int8-outputs (zoo models bring their own)")
     p.add_argument("--int8-outputs", action="store_true",
                    help="quantize static int8 layers' outputs too (calibrated on the data): ONNX Runtime then runs "
                         "integer convolutions end to end")
     p.add_argument("--no-check", action="store_true", help="skip the PyTorch / ONNX Runtime agreement check")
     p.add_argument("--measure", action="store_true", help="also measure the model in PyTorch and ONNX Runtime")
-    p.add_argument("--json", dest="json_path", help="write the agreement report (and measurements) to this file")
+    p.add_argument("--json", dest="json_path", type=options.output_file,
+                   help="write the agreement report (and measurements) to this file")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Export, check and (optionally) measure; returns the exit code."""
+    from slimtorch.cli.data_spec import resolve_data
     from slimtorch.io.atomic import write_text
     from slimtorch.io.load import load
     from slimtorch.io.onnx import export_onnx
     from slimtorch.io.onnx_check import check_agreement
     from slimtorch.measure import measure
-
-    if not args.output.endswith(".onnx"):
-        raise ConfigError(f"-o {args.output!r} must name a .onnx file")
-    from slimtorch.cli.data_spec import resolve_data
+    from slimtorch.preflight import materialize
 
     resolved = resolve_model(args.model, args.weights)
     if args.data:
@@ -50,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
     if args.artifact:
         model = load(args.artifact, model)
     example = example_inputs(resolved, args.input_shape, args.batch_size, args.model)
+    materialize(model, example)
     int8_outputs = None
     if args.int8_outputs:
         if resolved.data is None:

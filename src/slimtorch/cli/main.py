@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import NoReturn
 
 from slimtorch import __version__
 from slimtorch.errors import SlimError
@@ -12,11 +13,23 @@ from slimtorch.errors import SlimError
 VERBS = ("demo", "compress", "measure", "export")
 
 
+class UsageError(Exception):
+    """A command-line value refused while parsing: the message is the whole one-line report."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors (a missing or unknown option, a value its ``type=`` refused) become one line,
+    like every other error of the CLI; sub-command parsers are of the same class."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: error: {message} (see '{self.prog} --help' for usage)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every sub-command registered."""
     import importlib
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="slimtorch",
         description="Make trained PyTorch models smaller and faster, with measured size, speed and accuracy.",
     )
@@ -29,12 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the process exit code (0 ok, 2 for a usage or input error)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as err:
+        print(err, file=sys.stderr)
+        return 2
     if args.verb is None:
         parser.print_help()
         return 2

@@ -5,17 +5,23 @@ from __future__ import annotations
 import argparse
 import json
 
+from slimtorch.cli import options
 from slimtorch.cli.model_spec import example_inputs, resolve_model
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register the ``measure`` sub-command."""
     p = sub.add_parser("measure", help="measure size, FLOPs, latency, memory and accuracy of a model")
-    p.add_argument("model", help="zoo:NAME, package.module:factory, or a Hugging Face model folder")
-    p.add_argument("--weights", help="state-dict file (.safetensors or weights-only .pt) for a factory model")
-    p.add_argument("--input-shape", help="example input shape, e.g. 1,3,224,224 (zoo models know theirs)")
-    p.add_argument("--batch-size", type=int, default=None, help="batch size of the example input (zoo models)")
-    p.add_argument("--json", dest="json_path", help="also write the metrics to this JSON file")
+    p.add_argument("model", type=options.model_spec,
+                   help="zoo:NAME, package.module:factory, or a Hugging Face model folder")
+    p.add_argument("--weights", type=options.existing_file,
+                   help="state-dict file (.safetensors or weights-only .pt) for a factory model")
+    p.add_argument("--input-shape", type=options.shape,
+                   help="example input shape, e.g. 1,3,224,224 (zoo models know theirs)")
+    p.add_argument("--batch-size", type=options.positive_int, default=None,
+                   help="batch size of the example input (zoo models)")
+    p.add_argument("--json", dest="json_path", type=options.output_file,
+                   help="also write the metrics to this JSON file")
     p.set_defaults(run=run)
 
 
