@@ -275,7 +275,7 @@ def fuzz(artifact, examples: int) -> None:
 
 
 def test_mutated_files_raise_artifact_error_or_load_exactly(artifact):
-    fuzz(artifact, examples=400)
+    fuzz(artifact, examples=1000)
 
 
 @pytest.mark.slow
@@ -337,3 +337,18 @@ def test_the_fuzzed_model_round_trips_with_identical_outputs(tmp_path):
     loaded = st.load(st.save(model, tmp_path / "copy"), model=Net())
     x = torch.randn(3, 16)
     torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+
+
+def test_a_manifest_v2_file_without_the_tree_still_loads(artifact, caplog):
+    """Files written before the module tree was recorded: the tensors alone were signed, no tree is checked."""
+    blob, state, path = artifact
+    manifest = json.loads(split(blob)[1]["__metadata__"]["slimtorch"])
+    del manifest["tree"]
+    manifest.update(version=2, sha256=digest(load_safetensors(blob)))
+    v2 = with_manifest(blob, manifest, resign=False)
+    with caplog.at_level("INFO", logger="slimtorch"):
+        assert load_or_artifact_error(v2, state, path) == ""
+    assert "records no module tree" in caplog.text
+    path.write_bytes(v2)
+    with pytest.raises(st.ArtifactError, match="the saved model has a module 'q_dyn' .* the model given has none"):
+        st.load(path, model=nn.Sequential(nn.Linear(16, 32)))

@@ -14,10 +14,11 @@ Anything else means the model is not the architecture the file was saved from.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.lazy import LazyModuleMixin
+from torch.nn.parameter import is_lazy
 
 from slimtorch.errors import ArtifactError
 
@@ -37,6 +38,18 @@ def module_tree(model: nn.Module) -> dict[str, list]:
     for name, module in model.named_modules():
         rows.append([name, types.setdefault(class_name(type(module)), len(types))])
     return {"types": list(types), "modules": rows}
+
+
+def _class_of(module: nn.Module) -> str:
+    # a lazy module (nn.LazyLinear) becomes its ``cls_to_become`` (nn.Linear) at its first forward
+    become = getattr(module, "cls_to_become", None) if isinstance(module, LazyModuleMixin) else None
+    return class_name(become or type(module))
+
+
+def tensor_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    """Shape of every tensor in ``model.state_dict()`` (lazy, not yet shaped parameters left out)."""
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()
+            if isinstance(v, torch.Tensor) and not is_lazy(v)}
 
 
 def _same_class(saved: str, have: str) -> bool:
@@ -82,7 +95,7 @@ def check_tree(tree: dict[str, list], model: nn.Module, replaced: set[str]) -> N
     Raises:
         ArtifactError: naming the first module whose name or class differs, with both classes.
     """
-    have = {name: class_name(type(m)) for name, m in model.named_modules()}
+    have = {name: _class_of(m) for name, m in model.named_modules()}
     saved_names = set()
     for name, index in tree["modules"]:
         saved_names.add(name)
@@ -123,7 +136,7 @@ def check_tensors(
         ArtifactError: naming the tensor that is missing from the file or the model, or whose shape no
             slimtorch change explains.
     """
-    current: dict[str, Any] = {k: tuple(v.shape) for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
+    current = tensor_shapes(model)
     stray = [name for name in saved if name not in current]
     if stray:
         raise ArtifactError(f"the file holds tensor {stray[0]!r} {list(saved[stray[0]])} but the model has no such "

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
+from torch.nn.parameter import is_lazy
 
 from slimtorch._log import logger
 from slimtorch.errors import ArtifactError
@@ -109,7 +110,7 @@ def _dense_state(header: dict[str, Any], data: dict[str, torch.Tensor]) -> dict[
 
 
 def _bytes(tensors: Any) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor) and not is_lazy(t))
 
 
 def _check_size(entry: dict[str, Any], path: str, current: nn.Module, budget: int) -> None:
@@ -229,7 +230,7 @@ def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
     else:
         logger.info("%s: manifest v%d records no module tree; the architecture is checked by tensor names and shapes "
                     "only", artifact_path(path), header["version"])
-    before = {k: tuple(v.shape) for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
+    before = architecture.tensor_shapes(model)
     classes = {name: type(m) for name, m in model.named_modules()}
     _rebuild(model, modules, _file_bytes_under(data))
     _set_attrs(model, header.get("attrs", {}))
