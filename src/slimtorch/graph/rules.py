@@ -162,6 +162,10 @@ def sdpa(b, op: Op) -> None:
         for label in b.dims(mask):
             if label is not None:
                 b.freeze(label, f"{where}: attention mask")
+    if len(qs) >= 3 and len(ks) >= 3 and qs[-3] != ks[-3]:  # query head i reads key/value head i // (Hq / Hkv)
+        for label in (qd[-3], kd[-3], vd[-3]):
+            b.freeze(label, f"{where}: grouped-query attention ({qs[-3]} query heads share {ks[-3]} key/value "
+                     "heads), whose pairing a head cut would break")
     batch = _couple_batch(b, [(qd[:-2], qs[:-2]), (kd[:-2], ks[:-2]), (vd[:-2], vs[:-2])],
                           b.shape(op.outputs[0])[:-2], where)
     b.set(op.outputs[0], batch + [qd[-2], vd[-1]])

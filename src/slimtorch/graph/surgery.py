@@ -3,7 +3,8 @@
 :func:`shrink` is the one place where weights are physically cut: every parameter dim of a
 :class:`~slimtorch.graph.groups.ChannelGraph` keeps the entries of the kept channels, and the owning modules
 (``nn.Linear``, ``nn.Conv*``, norms, embeddings, attention) get matching ``in_features``/``out_channels``/
-``num_heads``... so they are ordinary, smaller torch layers. :func:`fold_conv_bn` folds a BatchNorm into the
+``num_heads``... so they are ordinary, smaller torch layers; width attributes and config fields follow
+(:mod:`slimtorch.graph.widths`). :func:`fold_conv_bn` folds a BatchNorm into the
 convolution before it (a pure module operation that quantization reuses).
 """
 
@@ -15,13 +16,11 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from slimtorch.graph.groups import ChannelGraph, Group
+from slimtorch.graph.groups import ChannelGraph
 from slimtorch.graph.labels import Label, entries
+from slimtorch.graph.widths import rewrite_widths
 from slimtorch.io.manifest import set_tracked_attr
 from slimtorch.layer_kinds import layer_kind
-
-HEAD_COUNT_WORDS = ("head",)
-NOT_HEAD_COUNT_WORDS = ("dim", "size", "scale")
 
 
 def kept_entries(label: Label, keep: Mapping[int, torch.Tensor]) -> torch.Tensor:
@@ -97,9 +96,7 @@ def shrink(model: nn.Module, graph: ChannelGraph, keep: Mapping[int, torch.Tenso
             changed[mname] = module
     for name, module in changed.items():
         _fix_attributes(module, before.get(name, {}))
-    for group in graph.groups:
-        if group.id in keep and group.block > 1:
-            _fix_head_counts(model, group, int(keep[group.id].numel()))
+    rewrite_widths(model, graph, keep)
     return sorted(changed)
 
 
@@ -155,49 +152,6 @@ def _fix_attributes(m: nn.Module, old: dict) -> None:
         m.resize_attributes()
     elif isinstance(getattr(m, "nf", None), int) and getattr(m, "weight", None) is not None:
         set_tracked_attr(m, "nf", int(m.weight.shape[1]))  # Hugging Face Conv1D: weight is (in, out)
-
-
-def _fix_head_counts(model: nn.Module, group: Group, kept: int) -> None:
-    """After removing heads, update head-count attributes (``num_heads``, ``num_attention_heads``, ``n_head``,
-    ``all_head_size`` ...) of the attention module that owns the projections."""
-    old_heads, new_heads = group.size // group.block, kept // group.block
-    owner = _common_prefix(group.producers)
-    for name in _ancestors(owner):
-        module = model.get_submodule(name) if name else model
-        hit = False
-        for attr, value in list(vars(module).items()):
-            if not isinstance(value, int) or isinstance(value, bool) or attr.startswith("_"):
-                continue
-            low = attr.lower()
-            if value == old_heads and "head" in low and not any(w in low for w in NOT_HEAD_COUNT_WORDS):
-                set_tracked_attr(module, attr, new_heads)
-                hit = True
-            elif value == group.size and any(w in low for w in ("all_head", "inner", "split_size")):
-                set_tracked_attr(module, attr, kept)
-                hit = True
-        if hit or hasattr(module, "resize_attributes"):
-            if hasattr(module, "resize_attributes"):
-                module.resize_attributes()
-            return
-
-
-def _common_prefix(names: list[str]) -> str:
-    parts = [n.split(".") for n in names if n]
-    if not parts:
-        return ""
-    common = []
-    for items in zip(*parts, strict=False):
-        if len(set(items)) != 1:
-            break
-        common.append(items[0])
-    if len(parts) == 1:  # a single projection: its parent owns the head count
-        common = common[:-1]
-    return ".".join(common)
-
-
-def _ancestors(name: str) -> list[str]:
-    parts = name.split(".") if name else []
-    return [".".join(parts[:k]) for k in range(len(parts), -1, -1)]
 
 
 def fold_conv_bn(conv: nn.Conv1d | nn.Conv2d | nn.Conv3d, bn: nn.modules.batchnorm._BatchNorm) -> nn.Module:
@@ -295,7 +249,7 @@ def replace_layer(model: nn.Module, name: str, twin: nn.Module) -> nn.Module:
     """
     old = model.get_submodule(name)
     if layer_kind(old).kind == "same_pad":
-        if not hasattr(type(twin), "same_pad"):
+        if not hasattr(twin, "same_pad"):
             raise ValueError(f"{type(twin).__name__} cannot pad 'same' like layer {name!r}; it needs a same_pad "
                              "attribute")
         set_tracked_attr(twin, "same_pad", True)

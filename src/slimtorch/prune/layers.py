@@ -195,5 +195,10 @@ def apply_layers(model: nn.Module, config: LayerPruning, *, data: Any = None, ex
                                     "Name removable blocks with candidates=[...]") from None
     model.train(was)
     logger.info("layer pruning removed %s (costs %s)", chosen, {n: round(costs[n], 4) for n in chosen})
+    layers = getattr(model.__dict__.get("config"), "num_hidden_layers", None)
+    if isinstance(layers, int) and hasattr(type(model), "from_pretrained"):
+        logger.warning("layer pruning: Skip modules stand in for %s and config.num_hidden_layers=%d still counts "
+                       "them (the weight names number the layers), so from_pretrained would rebuild them with random "
+                       "weights: save with st.save and reload with st.load onto the original model", chosen, layers)
     return model
 

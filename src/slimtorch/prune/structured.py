@@ -24,6 +24,7 @@ from slimtorch.graph.attention import convert_attention
 from slimtorch.graph.explain import explain, warn_untouched
 from slimtorch.graph.groups import ChannelGraph, Group, build
 from slimtorch.graph.surgery import kept_entries, shrink
+from slimtorch.graph.widths import config_mismatches
 from slimtorch.prune.channel_scores import (
     choose_channels,
     group_scores,
@@ -287,4 +288,10 @@ def apply_structured(model: nn.Module, config: StructuredPruning, *, data: Any =
         model.__dict__.clear()
         model.__dict__.update(backup.__dict__)
         raise
+    mismatched = config_mismatches(model)
+    if mismatched:
+        logger.warning("structured pruning: model.config no longer describes the pruned %s (%s); save_pretrained/"
+                       "from_pretrained cannot rebuild it, st.save/st.load can. For one config: scope='uniform', no "
+                       "ignore/select that spares some layers, and a ratio that keeps hidden_size a multiple of the "
+                       "head width", type(model).__name__, "; ".join(mismatched[:4]))
     return model
