@@ -218,3 +218,14 @@ def test_every_slimtorch_change_loads_into_a_fresh_original_architecture(tmp_pat
     loaded = st.load(st.save(model, tmp_path / name), model=arch())
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+
+
+class Scaled(nn.Linear):
+    mode = "plain"  # a class-level default that slimtorch may record per instance (like same_pad)
+
+
+def test_tracked_attributes_with_class_level_defaults_are_set_again(tmp_path):
+    model = nn.Sequential(Scaled(4, 4))
+    set_tracked_attr(model[0], "mode", "same")
+    loaded = st.load(st.save(model, tmp_path / "m"), model=nn.Sequential(Scaled(4, 4)))
+    assert loaded[0].mode == "same" and Scaled.mode == "plain"

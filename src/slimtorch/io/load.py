@@ -160,6 +160,15 @@ def _rebuild(model: nn.Module, modules: dict[str, dict[str, Any]], file_bytes: d
         setattr(model.get_submodule(parent_name) if parent_name else model, child, manifest.build(entry, mpath))
 
 
+def _plain_attribute(module: nn.Module, key: str) -> bool:
+    """Whether ``key`` names a plain data attribute of ``module`` (its own, or a class-level default such as
+    ``same_pad = False``): never a parameter, buffer, submodule, method, property or private name."""
+    if key.startswith("_") or key == "training" or any(key in d for d in (module._parameters, module._buffers,
+                                                                           module._modules)):
+        return False
+    return key in vars(module) or isinstance(getattr(type(module), key, None), bool | int | float | str | list | tuple)
+
+
 def _set_attrs(model: nn.Module, attrs: dict[str, dict[str, Any]]) -> None:
     """Set the plain attributes slimtorch changed (head counts after head pruning) again."""
     for mpath, values in attrs.items():
@@ -169,7 +178,7 @@ def _set_attrs(model: nn.Module, attrs: dict[str, dict[str, Any]]) -> None:
             raise ArtifactError(f"the architecture given has no module {mpath!r} recorded in the file; "
                                 f"{architecture.FIX}") from None
         for key, value in values.items():
-            if key.startswith("_") or key == "training" or key not in vars(owner):
+            if not _plain_attribute(owner, key):
                 raise ArtifactError(f"the file sets attribute {key!r} of module {mpath!r} ({type(owner).__name__}), "
                                     f"which has no such plain attribute; {architecture.FIX}")
             manifest.set_tracked_attr(owner, key, value)
