@@ -52,9 +52,11 @@ def save(
     """Save a (compressed) model as one safetensors file whose header holds the manifest.
 
     Every module of a tracked type is recorded with its constructor arguments, so ``slimtorch.load`` can
-    rebuild pruned, decomposed and quantized layers on top of the original architecture. Tensors that are
-    mostly zeros are stored as a bitmask plus values. The file is written to a temporary name and renamed,
-    so a crash never leaves a half-written artifact.
+    rebuild pruned, decomposed and quantized layers on top of the original architecture; the whole module tree
+    (every module's name and class) is recorded too, so that ``slimtorch.load`` refuses another architecture.
+    Tensors that are mostly zeros are stored as a bitmask or positions plus values. A SHA-256 checksum covers
+    the tensors and the manifest. The file is written to a temporary name and renamed, so a crash never leaves
+    a half-written artifact.
 
     Args:
         model: the model to save; it is not changed.
