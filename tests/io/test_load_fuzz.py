@@ -352,3 +352,14 @@ def test_a_manifest_v2_file_without_the_tree_still_loads(artifact, caplog):
     path.write_bytes(v2)
     with pytest.raises(st.ArtifactError, match="the saved model has a module 'q_dyn' .* the model given has none"):
         st.load(path, model=nn.Sequential(nn.Linear(16, 32)))
+
+
+def test_crafted_megabyte_long_module_names_are_refused_quickly(artifact):
+    blob, state, path = artifact
+    manifest = json.loads(split(blob)[1]["__metadata__"]["slimtorch"])
+    deep = "q_dyn." + ".".join(["a"] * 500_000)  # 1 MB, half a million levels
+    manifest["modules"][deep] = {"type": "Skip", "args": {}}
+    manifest["modules"][deep + ".b"] = {"type": "Skip", "args": {}}
+    manifest["tree"]["modules"] += [[deep, 0], [deep + ".b", 0]]
+    assert "the model given has none there" in load_or_artifact_error(with_manifest(blob, manifest, resign=True), state,
+                                                                      path)

@@ -7,9 +7,12 @@ checksum, the model's module tree against the saved one and every tensor's name 
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import json
 import math
 import os
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -131,18 +134,21 @@ def _check_size(entry: dict[str, Any], path: str, current: nn.Module, budget: in
                             "corrupted or the model is not the saved architecture")
 
 
-def _file_bytes_under(data: dict[str, torch.Tensor]) -> dict[str, int]:
-    """Bytes of the file's tensors below each module name ("" = all)."""
-    below: dict[str, int] = {}
-    for name, t in data.items():
-        parts = name.split(".")
-        for i in range(len(parts)):
-            prefix = ".".join(parts[:i])
-            below[prefix] = below.get(prefix, 0) + t.numel() * t.element_size()
+def _file_bytes_under(data: dict[str, torch.Tensor]) -> Callable[[str], int]:
+    """A lookup of the bytes of the file's tensors below a module name ("" = all), by binary search in the
+    sorted tensor names: those below ``m`` are the names in [``m.``, ``m/``), "/" being the character after "."."""
+    names = sorted(data)
+    total = list(itertools.accumulate((data[n].numel() * data[n].element_size() for n in names), initial=0))
+
+    def below(module: str) -> int:
+        if not module:
+            return total[-1]
+        return total[bisect.bisect_left(names, module + "/")] - total[bisect.bisect_left(names, module + ".")]
+
     return below
 
 
-def _rebuild(model: nn.Module, modules: dict[str, dict[str, Any]], file_bytes: dict[str, int]) -> None:
+def _rebuild(model: nn.Module, modules: dict[str, dict[str, Any]], file_bytes: Callable[[str], int]) -> None:
     """Replace every module the manifest describes differently (parents before children)."""
     for mpath, entry in sorted(modules.items(), key=lambda kv: kv[0].count(".") if kv[0] else -1):
         try:
@@ -155,7 +161,7 @@ def _rebuild(model: nn.Module, modules: dict[str, dict[str, Any]], file_bytes: d
         if not mpath:
             raise ArtifactError(f"the manifest replaces the root module by {entry['type']}; pass that module type "
                                 "as model=")
-        _check_size(entry, mpath, current, file_bytes.get(mpath, 0))
+        _check_size(entry, mpath, current, file_bytes(mpath))
         parent_name, _, child = mpath.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, manifest.build(entry, mpath))
 
