@@ -75,3 +75,18 @@ def test_errors_name_the_way_out():
         st.prune(Stack(), st.LayerPruning())
     with pytest.raises(st.ConfigError, match="num_layers"):
         st.LayerPruning(num_layers=0)
+
+
+def test_hugging_face_layer_count_stays_and_the_limit_is_said(caplog):
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.BertConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
+                                  vocab_size=100, max_position_embeddings=16)
+    torch.manual_seed(0)
+    model = transformers.BertModel(cfg).eval()
+    ids = torch.randint(0, 100, (1, 8))
+    with caplog.at_level("WARNING", logger="slimtorch"):
+        st.prune(model, st.LayerPruning(num_layers=1), example_inputs={"input_ids": ids})
+    assert sum(isinstance(layer, Skip) for layer in model.encoder.layer) == 1
+    assert model.config.num_hidden_layers == len(model.encoder.layer) == 3  # the Skip is still counted and run
+    assert "config.num_hidden_layers=3" in caplog.text and "st.load" in caplog.text
+    assert model(ids).last_hidden_state.shape == (1, 8, 32)

@@ -34,7 +34,8 @@ def test_torchvision_vit_prunes_width_heads_and_mlp(tmp_path):
     for block in model.encoder.layers:
         attn = block.self_attention
         assert isinstance(attn, SlimMultiheadAttention)
-        assert (block.num_heads, attn.num_heads, attn.head_dim, attn.embed_dim) == (2, 2, 16, 32)
+        assert (block.num_heads, attn.num_heads, attn.head_dim, attn.embed_dim, attn.kdim, attn.vdim) == (
+            2, 2, 16, 32, 32, 32)
         assert block.mlp[0].out_features == 64
     assert n_params(model) < 0.5 * before
     out = model(IMAGE)
@@ -167,3 +168,19 @@ def test_equal_widths_are_told_apart_by_role():
     assert (model.hidden_dim, model.mlp_dim) == (16, 8)
     assert [layer.fc1.out_features for layer in model.layers] == [8, 8]
     assert model.__dict__["_slim_attrs"] == {"mlp_dim": 8}
+
+
+def test_a_config_that_cannot_describe_the_widths_is_reported_and_round_to_fixes_it(caplog, tmp_path):
+    torch.manual_seed(0)
+    model = bert()
+    with caplog.at_level(logging.WARNING, logger="slimtorch"):  # 45 hidden channels, 3 heads of 16
+        st.prune(model, st.StructuredPruning(ratio=0.3), example_inputs=IDS[:1])
+    assert model.config.hidden_size == 45 and model.config.num_attention_heads == 3
+    assert "model.config no longer describes" in caplog.text and "round_to" in caplog.text
+    torch.manual_seed(0)
+    model = bert()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="slimtorch"):
+        st.prune(model, st.StructuredPruning(ratio=0.3, round_to=16), example_inputs=IDS[:1])
+    assert (model.config.hidden_size, model.config.num_attention_heads) == (48, 3) and not caplog.text
+    round_trips(model, bert, tmp_path)

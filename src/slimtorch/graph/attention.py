@@ -44,6 +44,7 @@ class SlimMultiheadAttention(nn.Module):
         self.out_proj = nn.Linear(inner, out_dim or embed_dim, bias=bias)
         self.num_heads, self.head_dim = num_heads, head_dim
         self.embed_dim = out_dim or embed_dim
+        self.kdim, self.vdim = kdim or embed_dim, vdim or embed_dim
         self.dropout, self.batch_first = dropout, batch_first
 
     @classmethod
@@ -74,9 +75,10 @@ class SlimMultiheadAttention(nn.Module):
                 "dropout": self.dropout, "batch_first": self.batch_first}
 
     def resize_attributes(self) -> None:
-        """Re-read the head count after pruning cut the projections."""
+        """Re-read the head count and widths after pruning cut the projections (whole heads: head_dim stays)."""
         self.num_heads = self.q_proj.out_features // self.head_dim
         self.embed_dim = self.out_proj.out_features
+        self.kdim, self.vdim = self.k_proj.in_features, self.v_proj.in_features
 
     def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
                 average_attn_weights=True, is_causal=False):

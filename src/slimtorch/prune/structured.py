@@ -292,6 +292,7 @@ def apply_structured(model: nn.Module, config: StructuredPruning, *, data: Any =
     if mismatched:
         logger.warning("structured pruning: model.config no longer describes the pruned %s (%s); save_pretrained/"
                        "from_pretrained cannot rebuild it, st.save/st.load can. For one config: scope='uniform', no "
-                       "ignore/select that spares some layers, and a ratio that keeps hidden_size a multiple of the "
-                       "head width", type(model).__name__, "; ".join(mismatched[:4]))
+                       "ignore/select that spares some layers, and round_to=<head width> (BERT-style configs derive "
+                       "the head width as hidden_size / num_attention_heads)", type(model).__name__,
+                       "; ".join(mismatched[:4]))
     return model
