@@ -11,13 +11,16 @@ from slimtorch._log import logger, progress
 from slimtorch.api import handler
 from slimtorch.data import iter_inputs
 from slimtorch.errors import ConfigError, DataError
-from slimtorch.lowrank.calibrate import record, reference_outputs, replace, sensitivity
+from slimtorch.graph.surgery import replace_layer
+from slimtorch.layer_kinds import as_plain, layer_kind
+from slimtorch.lowrank.calibrate import record, reference_outputs, sensitivity
 from slimtorch.lowrank.config import LowRank
 from slimtorch.lowrank.layers import Layer, Rank
 from slimtorch.lowrank.modules import _Factorized
 from slimtorch.lowrank.rank import RATIO_GRID, Option, allocate, bisect_level
-from slimtorch.select import last_linear
-from slimtorch.select import select as select_layers
+from slimtorch.select import last_linear, swappable
+from slimtorch.summary import StepSummary
+from slimtorch.summary import record as record_summary
 
 
 def _method_for(module: nn.Module, method: str) -> str:
@@ -29,14 +32,20 @@ def _method_for(module: nn.Module, method: str) -> str:
 def choose_layers(model: nn.Module, config: LowRank, include: Sequence[str] | None) -> tuple[list[Layer], dict]:
     """The layers to factorize and, for the others considered, why they are left alone.
 
+    GPT-2's ``Conv1D`` is factorized as the Linear it computes, a TF-"same" padded convolution as its
+    padding-0 Conv2d (the factorized layer pads, ``same_pad``); a subclass with a ``forward`` of its own that
+    slimtorch does not know is left alone (see :mod:`slimtorch.layer_kinds`).
+
     Returns:
         ``(layers, skipped)`` with ``skipped`` mapping a layer name to the reason.
     """
     exclude = list(config.exclude)
     head = last_linear(model) if config.keep_head else None
     inside = [name + "." for name, m in model.named_modules() if isinstance(m, _Factorized)]
-    layers, skipped = [], {}
-    for name, module in select_layers(model, [nn.Linear, nn.Conv2d], include=include, exclude=exclude):
+    layers = []
+    chosen, skipped = swappable(model, [nn.Linear, nn.Conv2d], include=include, exclude=exclude)
+    skipped = {n: why for n, why in skipped.items() if not any(n.startswith(p) for p in inside)}
+    for name, module in chosen:
         if name == head:
             skipped[name] = "the classifier head (keep_head=True)"
         elif any(name.startswith(p) for p in inside):
@@ -44,7 +53,8 @@ def choose_layers(model: nn.Module, config: LowRank, include: Sequence[str] | No
         elif isinstance(module, nn.Conv2d) and module.groups != 1:
             skipped[name] = f"a grouped convolution (groups={module.groups}) has no dense matrix to factorize"
         else:
-            layers.append(Layer(name, module, _method_for(module, config.method)))
+            plain, same_pad = as_plain(module), layer_kind(module).kind == "same_pad"
+            layers.append(Layer(name, plain, _method_for(plain, config.method), source=module, same_pad=same_pad))
     return layers, skipped
 
 
@@ -201,7 +211,7 @@ def decompose_lowrank(
                 decisions.append({**row, "status": "left dense", "rank": rank,
                                   "reason": "rank at or above break-even (the factors would cost more)"})
             else:
-                replace(model, layer.name, layer.build(rank))
+                replace_layer(model, layer.name, layer.build(rank))
                 decisions.append({**row, "status": "decomposed", "rank": rank,
                                   "params_after": int(layer.cost(rank, "params"))})
     finally:
@@ -209,6 +219,8 @@ def decompose_lowrank(
     for row in decisions:
         logger.info("low-rank %s: %s %s", row["name"], row["status"], row.get("rank", row.get("reason", "")))
     model.__dict__["slimtorch_lowrank"] = decisions
+    record_summary(model, StepSummary(type(config).__name__,
+                                      tuple(r["name"] for r in decisions if r["status"] == "decomposed"), skipped))
     if teacher is not None:
         from slimtorch.train.finetune import Finetune, finetune
 

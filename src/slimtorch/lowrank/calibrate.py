@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from slimtorch.data import call, first_tensor, run_hooked
+from slimtorch.graph.surgery import replace_layer
+from slimtorch.layer_kinds import pad_same
 from slimtorch.lowrank.layers import Layer, Rank
 
 
@@ -62,6 +64,9 @@ def record(model: nn.Module, layers: Sequence[Layer], batches: Iterable[Any], mo
     def hook_for(layer: Layer):
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
             x = args[0].detach()
+            if layer.same_pad:  # what the padding-0 plain conv sees
+                m = layer.module
+                x = pad_same(x, m.kernel_size, m.stride, m.dilation)
             if layer.name not in seen:
                 seen.add(layer.name)
                 layer.in_positions, layer.out_positions, layer.mid_positions = _positions(layer, x, output)
@@ -72,7 +77,7 @@ def record(model: nn.Module, layers: Sequence[Layer], batches: Iterable[Any], mo
 
         return hook
 
-    run_hooked(model, batches, post={layer.module: hook_for(layer) for layer in layers})
+    run_hooked(model, batches, post={layer.in_model: hook_for(layer) for layer in layers})
     if moments:
         from slimtorch.lowrank.svd import whitening
 
@@ -116,7 +121,7 @@ def sensitivity(
     """
     errors = {}
     for rank in sorted(ranks, key=lambda r: layer.cost(r, "params"), reverse=True):
-        original = replace(model, layer.name, layer.build(rank))
+        original = replace_layer(model, layer.name, layer.build(rank))
         try:
             errors[rank] = output_error(model, batches, reference)
         finally:

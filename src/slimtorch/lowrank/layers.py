@@ -27,12 +27,16 @@ class Layer:
 
     Attributes:
         name: qualified module name.
-        module: the original layer.
+        module: the plain ``nn.Linear``/``nn.Conv2d`` the layer computes (``slimtorch.layer_kinds.as_plain``):
+            the layer itself, or for GPT-2's ``Conv1D`` a Linear with its transposed weight, or for a
+            TF-"same" padded convolution a padding-0 Conv2d sharing its weight.
         method: "svd", "tucker" or "spatial_svd".
         in_positions: input positions (tokens, or batch x H x W) seen in the recorded forward; 0 if unknown.
         out_positions: output positions in the recorded forward; 0 if unknown.
         mid_positions: positions after the vertical conv of a spatial SVD (batch x H_out x W_in).
         white: whitening of the inputs' second moments (data-aware), else None.
+        source: the layer as it is in the model, when ``module`` is its plain stand-in (hooks go there).
+        same_pad: the layer pads its input TF-"same" style in its own forward (``module`` has padding 0).
     """
 
     name: str
@@ -42,8 +46,15 @@ class Layer:
     out_positions: int = 0
     mid_positions: int = 0
     white: Whitening | None = None
+    source: nn.Module | None = None
+    same_pad: bool = False
     _spec: Spectrum | None = field(default=None, repr=False)
     _tucker_spectra: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
+
+    @property
+    def in_model(self) -> nn.Module:
+        """The module that sits at ``name`` in the model."""
+        return self.module if self.source is None else self.source
 
     @property
     def weight(self) -> torch.Tensor:

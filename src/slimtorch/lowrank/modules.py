@@ -23,10 +23,6 @@ def _pair(v: Any) -> tuple[int, int]:
 class _Factorized(nn.Module):
     """Shared parts: parameter counting for reports, TF-"same" padding. Not registered; subclasses are."""
 
-    #: pad the input TensorFlow-"same" style before the factors (set, and recorded for ``slimtorch.load``, when
-    #: the replaced convolution padded that way in its own forward; the factors then have padding 0)
-    same_pad: bool = False
-
     def weight_counts(self) -> tuple[int, int]:
         """``(0, 0)``: the container holds no tensors of its own; its child layers are counted as usual.
 
@@ -50,6 +46,9 @@ class _Factorized(nn.Module):
         self.kernel_size, self.stride, self.dilation = _pair(kernel_size), _pair(stride), _pair(dilation)
         self.padding = padding if isinstance(padding, str) else _pair(padding)
         self.has_bias, self.padding_mode = bool(bias), padding_mode
+        # pad the input TensorFlow-"same" style before the factors: set (and recorded for slimtorch.load) when the
+        # replaced convolution padded that way in its own forward; the factors then have padding 0
+        self.same_pad = False
 
 
 @register_module

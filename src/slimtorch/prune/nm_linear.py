@@ -26,9 +26,11 @@ from torch import nn
 from slimtorch._log import logger
 from slimtorch.data import call
 from slimtorch.errors import ConfigError, UnsupportedModelError
+from slimtorch.graph.surgery import replace_layer
 from slimtorch.io.manifest import register_module
 from slimtorch.prune.semistructured import nm_violations
-from slimtorch.prune.sparse_linear import _layer_inputs, _swap
+from slimtorch.prune.sparse_linear import _layer_inputs, _swap, kernel_candidates
+from slimtorch.summary import StepSummary, record
 
 HALF = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -129,9 +131,10 @@ class NMSparseLinear(nn.Module):
         return self._packed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not x.is_cuda:
+        if not x.is_cuda or not x.shape[:-1].numel():  # no rows: the sparse kernels pad to a minimum row count
             return F.linear(x, self.weight, self.bias)
-        rows = x.reshape(-1, self.in_features)  # (tokens, in): the semi-structured product takes 2-D inputs
+        # (tokens, in): the semi-structured product takes dense 2-D inputs (it views them, so no strided rows)
+        rows = x.reshape(-1, self.in_features).contiguous()
         y = F.linear(rows, self.packed(), self.bias)
         return y.reshape(*x.shape[:-1], self.out_features)
 
@@ -193,6 +196,9 @@ def use_nm_kernels(
     round-robin); then the whole model with the winners switched is timed against the dense model, and every
     switch is undone unless the whole model is at least ``min_speedup`` faster too.
 
+    GPT-2's ``Conv1D`` counts as a Linear; subclasses with a ``forward`` of their own that slimtorch does not
+    know are left alone, logged and named in the step's summary (``slimtorch.summary.last_summary``).
+
     Args:
         model: a model on a CUDA device in float16/bfloat16 (changed in place); masks folded (``make_permanent``).
         example_inputs: inputs of the size the model will serve, on the model's device.
@@ -215,11 +221,12 @@ def use_nm_kernels(
     reason = nm_unsupported_reason(tensor.device if tensor is not None else "cpu")
     if reason:
         raise UnsupportedModelError(reason)
-    names = [n for n, m in model.named_modules() if type(m) is nn.Linear and (layers is None or n in layers)
-             and m.weight.dtype in HALF.values() and m.in_features % 4 == 0 and nm_violations(m.weight, 2, 4) == 0
-             and bool((m.weight == 0).any())]
+    plain, skipped = kernel_candidates(model, layers)
+    names = [n for n, m in plain.items() if m.weight.dtype in HALF.values() and m.in_features % 4 == 0
+             and nm_violations(m.weight, 2, 4) == 0 and bool((m.weight == 0).any())]
     if not names:
-        raise UnsupportedModelError("no float16/bfloat16 Linear layer holds the 2:4 pattern: prune with "
+        left = f" (left alone: {skipped})" if skipped else ""
+        raise UnsupportedModelError(f"no float16/bfloat16 Linear layer holds the 2:4 pattern{left}: prune with "
                                     "st.NMPruning(n=2, m=4), fold with st.make_permanent, then model.half()")
     inputs = _layer_inputs(model, example_inputs, names)
     dense = copy.deepcopy(model)  # before any switch: packed weights are not copied
@@ -229,7 +236,7 @@ def use_nm_kernels(
         if name not in inputs:
             continue
         linear, x = model.get_submodule(name), inputs[name]
-        sparse = NMSparseLinear.from_linear(linear, name)
+        sparse = NMSparseLinear.from_linear(plain[name], name)
         failure = _try_pack(sparse, x)
         if failure:
             results[name] = {"switched": False, "reason": failure}
@@ -240,7 +247,7 @@ def use_nm_kernels(
                          "switched": speedup >= min_speedup}
         if results[name]["switched"]:
             winners[name] = linear
-            _swap(model, name, sparse)
+            replace_layer(model, name, sparse)
     if winners:
         ms = time_cuda({"dense": lambda: call(dense, example_inputs), "sparse": lambda: call(model, example_inputs)})
         whole = ms["dense"] / max(ms["sparse"], 1e-9)
@@ -255,4 +262,5 @@ def use_nm_kernels(
             logger.info("2:4 layer %s: %s", name, r.get("reason") or
                         f"dense {r['dense_ms']:.4f} ms, 2:4 {r['sparse_ms']:.4f} ms -> "
                         f"{'sparse' if r['switched'] else 'dense'}")
+    record(model, StepSummary("use_nm_kernels", tuple(n for n in names if results.get(n, {}).get("switched")), skipped))
     return results

@@ -24,8 +24,12 @@ from torch import nn
 from slimtorch._log import logger
 from slimtorch.data import call, run_hooked
 from slimtorch.errors import ConfigError
+from slimtorch.graph.surgery import replace_layer
 from slimtorch.io.manifest import register_module
+from slimtorch.layer_kinds import as_plain
 from slimtorch.measure.latency import time_alternating
+from slimtorch.select import swappable
+from slimtorch.summary import StepSummary, record
 
 
 def to_csr(weight: torch.Tensor) -> torch.Tensor:
@@ -123,6 +127,18 @@ def _swap(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
+def kernel_candidates(model: nn.Module, layers: Sequence[str] | None) -> tuple[dict[str, nn.Linear], dict[str, str]]:
+    """The Linear layers (named in ``layers``, or all) a kernel swap may replace, each as the plain
+    ``nn.Linear`` it computes (GPT-2's ``Conv1D`` transposed), and the subclasses it must leave alone.
+
+    Returns:
+        ``(plain, skipped)``: layer name -> plain Linear; layer name -> why it is left alone.
+    """
+    chosen, skipped = swappable(model, [nn.Linear])
+    plain = {n: as_plain(m) for n, m in chosen if layers is None or n in layers}
+    return plain, {n: why for n, why in skipped.items() if layers is None or n in layers}
+
+
 def use_sparse_kernels(
     model: nn.Module,
     example_inputs: Any,
@@ -131,7 +147,8 @@ def use_sparse_kernels(
     min_sparsity: float = 0.5,
     min_speedup: float = 1.1,
 ) -> dict[str, dict[str, Any]]:
-    """Replace pruned ``nn.Linear`` layers by :class:`SparseLinear` where the sparse kernel measured faster.
+    """Replace pruned ``nn.Linear`` layers (and GPT-2 ``Conv1D``) by :class:`SparseLinear` where the sparse
+    kernel measured faster.
 
     Each candidate layer is timed alone (dense vs CSR on its real input); then the whole model with the
     winning layers switched is timed against the dense model, and every switch is undone unless the whole
@@ -144,6 +161,9 @@ def use_sparse_kernels(
         min_sparsity: layers with fewer zeros (fraction 0-1) are not tried.
         min_speedup: dense time / sparse time a layer, and then the whole model, must reach.
 
+    Subclasses with a ``forward`` of their own that slimtorch does not know are left alone, logged and named
+    in the step's summary (``slimtorch.summary.last_summary``).
+
     Returns:
         Layer name -> ``{"sparsity", "dense_ms", "sparse_ms", "speedup", "switched"}`` for every layer tried,
         plus ``"model"`` -> ``{"dense_ms", "sparse_ms", "speedup", "switched"}`` when a layer won alone.
@@ -153,25 +173,24 @@ def use_sparse_kernels(
     """
     if example_inputs is None:
         raise ConfigError("kernel='auto' times sparse against dense kernels on real inputs: pass example_inputs=")
-    names = [n for n, m in model.named_modules() if type(m) is nn.Linear and (layers is None or n in layers)]
-    zeros = {n: float((model.get_submodule(n).weight == 0).float().mean()) for n in names}
-    names = [n for n in names if zeros[n] >= min_sparsity]
+    plain, skipped = kernel_candidates(model, layers)
+    zeros = {n: float((linear.weight == 0).float().mean()) for n, linear in plain.items()}
+    names = [n for n in plain if zeros[n] >= min_sparsity]
     inputs = _layer_inputs(model, example_inputs, names)
     results: dict[str, dict[str, Any]] = {}
-    winners: dict[str, nn.Linear] = {}
+    winners: dict[str, nn.Module] = {}
     for name in names:
         if name not in inputs or inputs[name].device.type != "cpu":
             continue
-        linear = model.get_submodule(name)
-        timing = time_layer(linear, inputs[name])
+        timing = time_layer(plain[name], inputs[name])
         speedup = timing["dense_ms"] / max(timing["sparse_ms"], 1e-9)
         results[name] = {"sparsity": zeros[name], **timing, "speedup": speedup, "switched": speedup >= min_speedup}
         if results[name]["switched"]:
-            winners[name] = linear
+            winners[name] = model.get_submodule(name)
     if winners:
         dense = copy.deepcopy(model)
-        for name, linear in winners.items():
-            _swap(model, name, SparseLinear.from_linear(linear))
+        for name in winners:
+            replace_layer(model, name, SparseLinear.from_linear(plain[name]))
         timings = time_alternating({"dense": lambda: call(dense, example_inputs),
                                     "sparse": lambda: call(model, example_inputs)}, blocks=10, repeats=5,
                                    max_seconds=1.0)
@@ -188,4 +207,6 @@ def use_sparse_kernels(
             r = results[name]
             logger.info("layer %s at %.0f%% sparsity: dense %.3f ms, CSR %.3f ms -> %s", name, 100 * r["sparsity"],
                         r["dense_ms"], r["sparse_ms"], "sparse" if r["switched"] else "dense")
+    switched = tuple(n for n in names if results.get(n, {}).get("switched"))
+    record(model, StepSummary("use_sparse_kernels", switched, skipped))
     return results
