@@ -56,6 +56,8 @@ def lut_matmul(x: torch.Tensor, index: torch.Tensor, table: torch.Tensor) -> tor
     """
     rows, k = x.shape
     groups = index.shape[1]
+    if rows == 0:  # an empty batch: no tables to build
+        return x.new_zeros(0, index.shape[0])
     if k < groups * 8:
         x = F.pad(x, (0, groups * 8 - k))
     out = []
@@ -88,6 +90,8 @@ def xnor_matmul(
         ``(R, N)`` int32 dot products.
     """
     rows, groups = x_bits.shape
+    if rows == 0:  # an empty batch
+        return torch.zeros(0, w_bits.shape[0], dtype=torch.int32, device=x_bits.device)
     if valid is not None:
         n_valid = popcount8(valid).sum(dim=1, dtype=torch.int32).unsqueeze(1)  # (R, 1)
     out = []

@@ -121,7 +121,8 @@ def qlinear_static(
 ) -> torch.Tensor:
     """Static int8 linear layer of float ``x`` [..., in] with a weight from ``onednn.qlinear_prepack``."""
     qx = quantize_uint8(x.reshape(-1, x.shape[-1]), x_scale, x_zero_point)
-    return qlinear_u8(qx, x_scale, x_zero_point, packed, w_scale, bias, relu).reshape(*x.shape[:-1], -1)
+    out = qlinear_u8(qx, x_scale, x_zero_point, packed, w_scale, bias, relu)  # [M, out]
+    return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
 def qlinear_u8(qx: torch.Tensor, x_scale: float, x_zero_point: int, packed: torch.Tensor, w_scale: torch.Tensor,
