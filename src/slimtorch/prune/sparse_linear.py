@@ -78,11 +78,12 @@ class SparseLinear(nn.Module):
         return self.weight_csr.to_dense()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, self.in_features)  # (tokens, in)
+        # torch's CPU CSR product is float32 only: bfloat16/float16 inputs compute in float32, return their dtype
+        rows = x.reshape(-1, self.in_features).to(self.weight_csr.dtype)  # (tokens, in)
         y = (self.weight_csr @ rows.t()).t()  # (tokens, out)
         if self.bias is not None:
             y = y + self.bias
-        return y.reshape(*x.shape[:-1], self.out_features)
+        return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
     def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
         super()._save_to_state_dict(destination, prefix, keep_vars)
