@@ -2,6 +2,7 @@
 from attributes in ``forward``; a pruned Hugging Face model's config describes its weights, so it round-trips
 through ``save_pretrained``/``from_pretrained`` as well as ``st.save``/``st.load``."""
 
+import copy
 import logging
 
 import pytest
@@ -114,15 +115,33 @@ def test_llama_without_gqa_prunes_heads_and_mlp(tmp_path):
     round_trips(model, lambda: llama(4), tmp_path)
 
 
-def test_llama_gqa_keeps_heads_paired_and_prunes_mlp(tmp_path):
+def test_llama_gqa_removes_key_value_heads_with_their_query_heads(tmp_path):
     torch.manual_seed(0)
     model = llama(kv_heads=2)
-    with pytest.warns(UserWarning, match="grouped-query attention"):
+    with pytest.warns(UserWarning, match="input_layernorm"):
         st.prune(model, st.StructuredPruning(ratio=0.5), example_inputs=IDS[:1])
     cfg, attn = model.config, model.model.layers[0].self_attn
-    assert (cfg.intermediate_size, cfg.num_attention_heads, cfg.num_key_value_heads) == (64, 4, 2)
-    assert (attn.q_proj.out_features, attn.k_proj.out_features) == (64, 32)
+    assert (cfg.intermediate_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim) == (64, 2, 1, 16)
+    assert (attn.q_proj.out_features, attn.k_proj.out_features, attn.num_key_value_groups) == (32, 16, 2)
     round_trips(model, lambda: llama(2), tmp_path)
+
+
+def test_llama_gqa_head_cut_equals_silencing_the_removed_query_heads():
+    torch.manual_seed(0)
+    model = llama(kv_heads=2)
+    reference = copy.deepcopy(model)
+    with pytest.warns(UserWarning):
+        st.prune(model, st.StructuredPruning(ratio=0.5, importance="random"), example_inputs=IDS[:1],
+                 select=["*.self_attn.*"])
+    for pruned, dense in zip(model.model.layers, reference.model.layers, strict=True):
+        kv = [j for j in range(2) if torch.equal(pruned.self_attn.k_proj.weight, dense.self_attn.k_proj.weight[
+            16 * j:16 * (j + 1)])]
+        assert len(kv) == 1  # query heads 2j and 2j+1 read key/value head j: only they survive
+        silenced = [h for h in range(4) if h // 2 != kv[0]]
+        with torch.no_grad():
+            for h in silenced:
+                dense.self_attn.o_proj.weight[:, 16 * h:16 * (h + 1)] = 0
+    torch.testing.assert_close(model(IDS).logits, reference(IDS).logits, atol=1e-5, rtol=0)
 
 
 def test_uneven_layers_leave_the_config_field_and_say_so(caplog):

@@ -195,6 +195,30 @@ class Spaces:
         self.definition[r] = tuple((p, 0, n, Fraction(1)) for p, n in zip(parts, sizes, strict=True))
         return [((p, 0, n, Fraction(1)),) for p, n in zip(parts, sizes, strict=True)]
 
+    def repeat(self, x: Label, y: Label, factor: int) -> bool:
+        """Define the whole space under ``x`` as the whole space under ``y`` with every channel repeated ``factor``
+        times, and return True; False (nothing changed) when the labels are not two whole spaces of the same
+        entry width whose sizes differ by ``factor``.
+
+        Grouped-query attention: ``x`` holds the query heads, ``y`` the key/value heads, and query heads
+        ``i*factor .. (i+1)*factor-1`` read key/value head ``i``; removing a key/value head removes its query
+        heads. A query head of ``D`` channels is then ``D / factor`` key/value channels, a block the key/value
+        head's own block already covers, so the query space's block is dropped.
+        """
+        rx, ry = self.resolve(x), self.resolve(y)
+        if len(rx) != 1 or len(ry) != 1 or not self._whole(rx[0]) or not self._whole(ry[0]) or rx[0][3] != ry[0][3]:
+            return False
+        q, kv = rx[0][0], ry[0][0]
+        if q == kv or q in self.groups or self.size[q] != factor * self.size[kv]:
+            return False
+        if q in self.frozen:
+            self.frozen.setdefault(kv, self.frozen[q])
+        if q in self.producer:
+            self.producer.add(kv)
+        self.block.pop(q, None)
+        self.definition[q] = ((kv, 0, self.size[kv], Fraction(factor)),)
+        return True
+
     def _whole(self, seg: Seg) -> bool:
         return seg[0] is not None and seg[1] == 0 and seg[2] == self.size[seg[0]]
 

@@ -162,13 +162,22 @@ def sdpa(b, op: Op) -> None:
         for label in b.dims(mask):
             if label is not None:
                 b.freeze(label, f"{where}: attention mask")
-    if len(qs) >= 3 and len(ks) >= 3 and qs[-3] != ks[-3]:  # query head i reads key/value head i // (Hq / Hkv)
-        for label in (qd[-3], kd[-3], vd[-3]):
-            b.freeze(label, f"{where}: grouped-query attention ({qs[-3]} query heads share {ks[-3]} key/value "
-                     "heads), whose pairing a head cut would break")
+    if len(qs) >= 3 and len(ks) >= 3 and qs[-3] != ks[-3]:  # grouped-query attention
+        _share_kv_heads(b, (qd[-3], kd[-3], vd[-3]), qs[-3], ks[-3], where)
     batch = _couple_batch(b, [(qd[:-2], qs[:-2]), (kd[:-2], ks[:-2]), (vd[:-2], vs[:-2])],
                           b.shape(op.outputs[0])[:-2], where)
     b.set(op.outputs[0], batch + [qd[-2], vd[-1]])
+
+
+def _share_kv_heads(b, heads, n_q: int, n_kv: int, where: str) -> None:
+    """Grouped-query attention: query head ``i`` reads key/value head ``i // (n_q / n_kv)``, so a key/value head
+    is removed with its own key, value and query heads (the query heads become the key/value space repeated);
+    anything else (a single key/value head, uneven sharing) keeps the heads."""
+    q, k, v = heads
+    b.unify(k, v, n_kv, where)
+    if n_q % n_kv or q is None or k is None or not b.spaces.repeat(q, k, n_q // n_kv):
+        for label in heads:
+            b.freeze(label, f"{where}: {n_q} query heads share {n_kv} key/value heads unevenly or in one head")
 
 
 def _couple_batch(b, parts, out_shape, where) -> list:

@@ -83,25 +83,29 @@ class _Width:
 
     def __init__(self, group: Group, keep: Mapping[int, torch.Tensor], model: nn.Module) -> None:
         self.heads = group.block > 1
+        self.block = group.block
         self.old = group.size
         self.new = int(keep[group.id].numel()) if group.id in keep else group.size
         self.owners = {m.param.rpartition(".")[0] for m in group.members} | set(group.producers)
         self.scope = common_scope(group.producers)
         self.spans_layers = _spans_layers(model, group.producers)
-        self.block = group.block
+        # grouped-query attention: the query projection holds each key/value channel ``f`` times
+        self.repeats = {int(f) for m in group.members for space, _, _, f in m.label
+                        if space == group.id and f >= 1 and f.denominator == 1} or {1}
 
     def inside(self, path: str) -> bool:
         return not path or any(o == path or o.startswith(path + ".") for o in self.owners)
 
-    def value(self, attr: str, new: bool) -> int | None:
-        """This group's old/new value for an attribute name, or None when the name does not describe it."""
-        size = self.new if new else self.old
-        if attr in HEAD_COUNTS:
-            return size // self.block if self.heads else None
-        if attr in HEAD_WIDTHS:
-            return size if self.heads else None
+    def rewrite(self, attr: str, value: int) -> int | None:
+        """The new value of an attribute that holds ``value`` for this group, or None when it does not."""
         if attr in MODEL_WIDTHS or attr in LAYER_WIDTHS:
-            return None if self.heads else size
+            return self.new if not self.heads and value == self.old else None
+        if not self.heads or (attr not in HEAD_COUNTS and attr not in HEAD_WIDTHS):
+            return None
+        unit = self.block if attr in HEAD_COUNTS else 1
+        for r in sorted(self.repeats):
+            if value == self.old // unit * r:
+                return self.new // unit * r
         return None
 
 
@@ -111,9 +115,9 @@ def _rewrite(holder, path: str, where: str, groups: list[_Width], setter, done: 
     for attr, value in list(vars(holder).items()):
         if not isinstance(value, int) or isinstance(value, bool):
             continue
-        hits = [w for w in groups if w.inside(path) and w.value(attr, new=False) == value]
-        hits = _narrow(attr, path, hits)
-        new = {w.value(attr, new=True) for w in hits}
+        hits = _narrow(attr, path, [(w, n) for w in groups if w.inside(path)
+                                    and (n := w.rewrite(attr, value)) is not None])
+        new = {n for _, n in hits}
         if len(new) > 1:
             logger.warning("%s.%s=%d stands for %d pruned groups that now have different widths %s; it is left "
                            "unchanged%s", where, attr, value, len(hits), sorted(new),
@@ -125,15 +129,14 @@ def _rewrite(holder, path: str, where: str, groups: list[_Width], setter, done: 
     return changed
 
 
-def _narrow(attr: str, path: str, hits: list[_Width]) -> list[_Width]:
+def _narrow(attr: str, path: str, hits: list[tuple[_Width, int]]) -> list[tuple[_Width, int]]:
     """Among groups with the same old value, prefer those produced inside the holder, then the role the name
     says (the residual width spans the layers, an MLP width does not)."""
-    inner = [w for w in hits if not path or w.scope == path or w.scope.startswith(path + ".")]
-    hits = inner or hits
+    hits = [h for h in hits if not path or h[0].scope == path or h[0].scope.startswith(path + ".")] or hits
     if attr in MODEL_WIDTHS:
-        hits = [w for w in hits if w.spans_layers] or hits
+        hits = [h for h in hits if h[0].spans_layers] or hits
     elif attr in LAYER_WIDTHS:
-        hits = [w for w in hits if not w.spans_layers] or hits
+        hits = [h for h in hits if not h[0].spans_layers] or hits
     return hits
 
 
