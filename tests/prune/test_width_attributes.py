@@ -47,20 +47,43 @@ def test_torchvision_vit_prunes_width_heads_and_mlp(tmp_path):
     torch.testing.assert_close(loaded(IMAGE), out)
 
 
-def test_timm_vit_prunes_width_and_mlp_and_rewrites_embed_dim():
+def timm_vit():
     timm = pytest.importorskip("timm")
+    return timm.create_model("vit_tiny_patch16_224", img_size=32, depth=2, num_classes=10, pretrained=False).eval()
+
+
+def test_timm_vit_prunes_width_heads_and_mlp(tmp_path):
     torch.manual_seed(0)
-    model = timm.create_model("vit_tiny_patch16_224", img_size=32, depth=2, num_classes=10, pretrained=False).eval()
+    model = timm_vit()
     before = n_params(model)
-    with pytest.warns(UserWarning, match="unbind"):  # fused qkv unbound into q, k, v: heads are kept
-        st.prune(model, st.StructuredPruning(ratio=0.5), example_inputs=IMAGE[:1])
+    st.prune(model, st.StructuredPruning(ratio=0.5), example_inputs=IMAGE[:1])
     assert model.patch_embed.proj.out_channels == 96
     assert model.embed_dim == model.num_features == 96
-    for block in model.blocks:
-        assert (block.attn.num_heads, block.attn.head_dim) == (3, 64)
-        assert block.mlp.fc1.out_features == 384
-    assert n_params(model) < 0.6 * before
-    assert model(IMAGE).shape == (2, 10)
+    for block in model.blocks:  # 3 heads of 64: the fused qkv loses one head of each of q, k and v
+        assert (block.attn.num_heads, block.attn.head_dim, block.attn.attn_dim) == (2, 64, 128)
+        assert block.attn.qkv.out_features == 3 * 128 and block.mlp.fc1.out_features == 384
+    assert n_params(model) < 0.5 * before
+    out = model(IMAGE)
+    assert out.shape == (2, 10)
+    torch.manual_seed(1)
+    torch.testing.assert_close(st.load(st.save(model, tmp_path / "vit"), timm_vit())(IMAGE), out)
+
+
+def test_timm_fused_qkv_head_cut_equals_silencing_the_head():
+    torch.manual_seed(0)
+    model = timm_vit()
+    reference = copy.deepcopy(model)
+    st.prune(model, st.StructuredPruning(ratio=0.5, importance="random"), example_inputs=IMAGE[:1],
+             select=["*.attn.qkv"])
+    for pruned, dense in zip(model.blocks, reference.blocks, strict=True):
+        q = dense.attn.qkv.weight[:192].reshape(3, 64, -1)
+        kept = [h for h in range(3) if any(torch.equal(q[h], pruned.attn.qkv.weight[64 * j:64 * (j + 1)])
+                                           for j in range(2))]
+        assert len(kept) == 2
+        with torch.no_grad():
+            for h in set(range(3)) - set(kept):
+                dense.attn.proj.weight[:, 64 * h:64 * (h + 1)] = 0
+    torch.testing.assert_close(model(IMAGE), reference(IMAGE), atol=1e-5, rtol=0)
 
 
 transformers = pytest.importorskip("transformers")

@@ -205,6 +205,7 @@ RULES = {
     "getitem": sr.getitem,
     "cat": sr.cat, "concat": sr.cat, "concatenate": sr.cat,
     "stack": sr.stack,
+    "unbind": sr.unbind,
     "split": sr.split, "chunk": sr.split, "tensor_split": sr.split, "split_with_sizes": sr.split, "narrow": sr.split,
     "expand": sr.expand, "expand_as": sr.expand, "broadcast_to": sr.expand, "repeat": sr.expand,
     **{name: sr.elementwise for name in sr.ELEMENTWISE},

@@ -95,7 +95,12 @@ def reshape(b, op: Op) -> None:
             continue
         why = f"{op.name} in {op.module or 'forward'}"
         try:
-            if len(src_dims) == 1 and dst_dims:
+            parts = _fused_parts(b, dims[src_dims[0]], c[dst_dims[0]], why) if (
+                len(src_dims) == 1 and len(dst_dims) >= 3 and c[dst_dims[0]] <= 3) else None
+            if parts is not None:  # (parts, heads, head_dim): the heads of every part are removed together
+                out[dst_dims[1]] = scale_label(parts[0], Fraction(1, prod(c[k] for k in dst_dims[2:])))
+                b.set_block(out[dst_dims[1]])
+            elif len(src_dims) == 1 and dst_dims:
                 inner = prod(c[k] for k in dst_dims[1:])
                 out[dst_dims[0]] = scale_label(dims[src_dims[0]], Fraction(1, inner))
                 b.set_block(out[dst_dims[0]])
@@ -108,6 +113,28 @@ def reshape(b, op: Op) -> None:
             for k in labelled:
                 b.freeze(dims[k], f"{why}: reshape mixes channel dims")
     b.set(op.outputs[0], out)
+
+
+def _fused_parts(b, label: Any, n_parts: int, why: str) -> list | None:
+    """A fused q/k/v (or k/v) projection viewed as ``(parts, heads, head_dim)``: split its space into equal parts
+    and couple them, so head ``h`` of every part goes together (query head h meets key head h). None when the
+    space is not one whole, unconstrained space."""
+    size = b.spaces.size[label[0][0]] if label and len(label) == 1 and label[0][0] is not None else 0
+    parts = b.spaces.split_space(label, [size // n_parts] * n_parts) if size and size % n_parts == 0 else None
+    for part in (parts or [])[1:]:
+        b.unify(parts[0], part, size // n_parts, why)
+    return parts
+
+
+def unbind(b, op: Op) -> None:
+    """unbind(dim): each output drops the dim; a dim holding channels is frozen (one channel picked)."""
+    src = tensors(op)[0]
+    dims = b.dims(src)
+    dim = int(arg(op, 1, "dim", 0)) % len(dims)
+    if dims[dim] is not None:
+        b.freeze(dims[dim], f"unbind picks one channel in {op.module or 'forward'}")
+    for o in op.outputs:
+        b.set(o, dims[:dim] + dims[dim + 1:])
 
 
 def permute(b, op: Op) -> None:

@@ -19,7 +19,7 @@ from torch import nn
 from slimtorch.graph.groups import ChannelGraph
 from slimtorch.graph.labels import Label, entries
 from slimtorch.graph.widths import rewrite_widths
-from slimtorch.io.manifest import set_tracked_attr
+from slimtorch.io.manifest import describe, set_tracked_attr
 from slimtorch.layer_kinds import layer_kind
 
 
@@ -124,6 +124,12 @@ def _shape_config(m: nn.Module) -> dict:
     return {}
 
 
+SIZE_ATTRS = ("in_features", "out_features", "in_channels", "out_channels", "groups", "num_features",
+              "normalized_shape", "num_channels", "embedding_dim")
+_TORCH_LAYERS = (nn.Linear, nn.modules.conv._ConvNd, nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm,
+                 nn.Embedding)
+
+
 def _fix_attributes(m: nn.Module, old: dict) -> None:
     """Make a module's size attributes agree with its (cut) weights."""
     if isinstance(m, nn.Linear):
@@ -152,6 +158,12 @@ def _fix_attributes(m: nn.Module, old: dict) -> None:
         m.resize_attributes()
     elif isinstance(getattr(m, "nf", None), int) and getattr(m, "weight", None) is not None:
         set_tracked_attr(m, "nf", int(m.weight.shape[1]))  # Hugging Face Conv1D: weight is (in, out)
+    if isinstance(m, _TORCH_LAYERS) and describe(m) is None:
+        # a subclass (timm's LayerNorm) is not rebuilt by st.load, which keeps the module: record its sizes
+        for attr in SIZE_ATTRS:
+            value = m.__dict__.get(attr)
+            if isinstance(value, int | tuple):
+                set_tracked_attr(m, attr, list(value) if isinstance(value, tuple) else value)
 
 
 def fold_conv_bn(conv: nn.Conv1d | nn.Conv2d | nn.Conv3d, bn: nn.modules.batchnorm._BatchNorm) -> nn.Module:
