@@ -239,8 +239,9 @@ def _output_shapes(model: nn.Module, example_inputs: Any) -> list[tuple[int, ...
 @handler(StructuredPruning)
 def apply_structured(model: nn.Module, config: StructuredPruning, *, data: Any = None, example_inputs: Any = None,
                      select: Any = None, seed: int = 0) -> nn.Module:
-    """Handler of ``st.prune(model, StructuredPruning(...))``: prune in place, verify output shapes, and
-    fine-tune between steps when asked.
+    """Handler of ``st.prune(model, StructuredPruning(...))``: prune in place (width attributes and config fields
+    follow, :mod:`slimtorch.graph.widths`), verify output shapes, and fine-tune between steps when asked. A
+    warning names the parameters a Hugging Face ``model.config`` would now build with other shapes.
 
     Raises:
         DataError: no example_inputs and no data to take them from; Taylor importance or fine-tuning without data.
