@@ -57,3 +57,16 @@ def test_kept_entries_of_a_concat_of_flattened_spaces(sizes, rep, data):
         offsets.append(offsets[-1] + n * rep)
     expected = [offsets[i] + c * rep + r for i, k in keep.items() for c in k.tolist() for r in range(rep)]
     assert idx.tolist() == expected
+
+
+def test_repeat_defines_query_heads_as_repeated_key_value_channels():
+    sp = Spaces()
+    q, kv = sp.new(8), sp.new(4)  # 4 query heads and 2 key/value heads, 2 channels per head
+    q_heads, kv_heads = ((q, 0, 8, Fraction(1, 2)),), ((kv, 0, 4, Fraction(1, 2)),)
+    sp.block[q] = sp.block[kv] = 2
+    assert sp.repeat(q_heads, kv_heads, 2)
+    label = sp.resolve(((q, 0, 8, ONE),))
+    assert label == ((kv, 0, 4, Fraction(2)),) and q not in sp.block
+    # keeping key/value head 1 (channels 2, 3) keeps query heads 2 and 3 (channels 4..7)
+    assert kept_entries(label, {kv: torch.tensor([2, 3])}).tolist() == [4, 5, 6, 7]
+    assert not sp.repeat(((kv, 0, 4, ONE),), kv_heads, 2)  # one space cannot repeat itself
