@@ -3,7 +3,8 @@
 The compressed layers run on PyTorch's CPU kernels (oneDNN int8, ``_int_mm``, int4 pack-mm, CSR, bit tables),
 which have no ONNX form. :func:`export_twins` swaps each for a twin that holds the same integers in the dtypes
 ONNX wants and calls an op of :mod:`slimtorch.io.onnx_ops`, then puts the originals back. Plain layers
-(float, structurally pruned, low-rank, unstructured zeros) need no twin.
+(float, structurally pruned, low-rank, unstructured zeros) need no twin. A convolution twin keeps its layer's
+``same_pad`` (TensorFlow-"same" padding, exported as a Pad before the convolution).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from torch import nn
 from slimtorch.data import iter_inputs, run_hooked
 from slimtorch.errors import DataError
 from slimtorch.io import onnx_ops  # noqa: F401  (registers the torch.ops.slimtorch_export ops)
+from slimtorch.layer_kinds import pad_same
 from slimtorch.prune.sparse_linear import SparseLinear
 from slimtorch.quant.binary_modules import BinaryConv2d, BinaryLinear
 from slimtorch.quant.modules import QuantConv2d, QuantLinear
@@ -71,10 +73,13 @@ class QDQConv2d(nn.Module):
     def __init__(self, layer: QuantConv2d, output_qparams: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         super().__init__()
         self.stride, self.padding, self.dilation = list(layer.stride), list(layer.padding), list(layer.dilation)
+        self.kernel_size, self.same_pad = list(layer.kernel_size), layer.same_pad
         self.groups, self.relu = layer.groups, layer.relu
         _static_buffers(self, layer, output_qparams)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.same_pad:
+            x = pad_same(x, self.kernel_size, self.stride, self.dilation)
         return ops.qdq_conv2d(x, self.qweight, self.w_scale, self.w_zp, self.x_scale, self.x_zp, self.bias_q,
                               self.bias_scale, self.stride, self.padding, self.dilation, self.groups, self.relu,
                               self.y_scale, self.y_zp)
@@ -140,8 +145,9 @@ class FloatBinary(nn.Module):
         if isinstance(layer, BinaryConv2d):
             weight = weight.reshape(layer.out_channels, layer.in_channels, *layer.kernel_size)
             self.conv = dict(stride=layer.stride, padding=layer.padding, dilation=layer.dilation)
+            self.same_pad = layer.same_pad
         else:
-            self.conv = None
+            self.conv, self.same_pad = None, False
         self.register_buffer("weight", weight)
         self.register_buffer("bias", None if layer.bias is None else layer.bias.detach().float().clone())
 
@@ -151,6 +157,8 @@ class FloatBinary(nn.Module):
             x = layer._binarize_input(x)
         if self.conv is None:
             return F.linear(x, self.weight, self.bias)
+        if self.same_pad:
+            x = pad_same(x, self.weight.shape[2:], self.conv["stride"], self.conv["dilation"])
         return F.conv2d(x, self.weight, self.bias, **self.conv)
 
 

@@ -24,9 +24,13 @@ from slimtorch.api import handler
 from slimtorch.config import Config, check_range, register
 from slimtorch.data import call, iter_inputs, run_hooked
 from slimtorch.errors import ConfigError, DataError
+from slimtorch.graph.surgery import replace_layer
+from slimtorch.layer_kinds import as_plain
 from slimtorch.quant.binary_math import TWN_THRESHOLD
 from slimtorch.quant.binary_qat import BinaryQATConv2d, BinaryQATLinear
 from slimtorch.select import select as select_layers
+from slimtorch.select import swappable
+from slimtorch.summary import StepSummary, record
 
 _QAT = (BinaryQATLinear, BinaryQATConv2d)
 
@@ -121,17 +125,21 @@ def choose_layers(
 ) -> tuple[list[str], dict[str, str]]:
     """The Linear/Conv2d layers to binarize and, for the others considered, why they stay in float.
 
+    GPT-2's ``Conv1D`` counts as a Linear and TensorFlow-"same" padded convolutions as Conv2d; other
+    subclasses with a ``forward`` of their own stay in float (see :mod:`slimtorch.layer_kinds`).
+
     Returns:
         ``(names, skipped)`` with ``skipped`` mapping a layer name to the reason.
     """
-    layers = [n for n, m in model.named_modules() if isinstance(m, nn.Linear | nn.Conv2d) and not isinstance(m, _QAT)]
+    layers = [n for n, m in select_layers(model, [nn.Linear, nn.Conv2d]) if not isinstance(m, _QAT)]
     ends = {}
     if layers and config.keep_first:
         ends[layers[0]] = "the first layer (keep_first=True)"
     if layers and config.keep_last:
         ends[layers[-1]] = "the last layer (keep_last=True)"
-    names, skipped = [], {}
-    for name, module in select_layers(model, [nn.Linear, nn.Conv2d], include=include, exclude=config.exclude):
+    chosen, skipped = swappable(model, [nn.Linear, nn.Conv2d], include=include, exclude=config.exclude)
+    names = []
+    for name, module in chosen:
         if isinstance(module, _QAT):
             continue
         reason = ends.get(name) or _unsupported(module)
@@ -194,11 +202,6 @@ def refresh_batchnorm(model: nn.Module, data: Any, batches: int) -> int:
     return len(norms)
 
 
-def _set(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, module)
-
-
 def prepare_binary(
     model: nn.Module, config: Binarize | Ternarize, *, data: Any = None, select: Sequence[str] | None = None
 ) -> nn.Module:
@@ -226,8 +229,6 @@ def prepare_binary(
         'BinaryLinear'
     """
     names, skipped = choose_layers(model, config, select)
-    for name, reason in skipped.items():
-        logger.info("%s: %s stays in float: %s", type(config).__name__, name, reason)
     if not names:
         raise ConfigError(
             f"{type(config).__name__}: no layer to binarize; candidates were kept because {skipped or 'none exist'}"
@@ -239,13 +240,15 @@ def prepare_binary(
         shifts = _input_means(model, names, data, config.calibration_batches)
     for name in names:
         old = model.get_submodule(name)
-        cls = BinaryQATLinear if isinstance(old, nn.Linear) else BinaryQATConv2d
-        new = cls.from_float(old, **mode)
+        plain = as_plain(old)
+        cls = BinaryQATLinear if isinstance(plain, nn.Linear) else BinaryQATConv2d
+        new = cls.from_float(plain, **mode)
         if name in shifts:
             with torch.no_grad():
                 new.input_shift.copy_(shifts[name])
-        _set(model, name, new.train(old.training))
+        replace_layer(model, name, new.train(old.training))
     logger.info("%s: %d layers prepared for training", type(config).__name__, len(names))
+    record(model, StepSummary(type(config).__name__, tuple(names), skipped))
     return model
 
 
@@ -262,7 +265,7 @@ def convert_binary(model: nn.Module) -> nn.Module:
     if not names:
         raise ConfigError("convert: the model has no binary training layers; call prepare_binary(model, config) first")
     for name in names:
-        _set(model, name, model.get_submodule(name).pack())
+        replace_layer(model, name, model.get_submodule(name).pack())  # carries same_pad
     return model
 
 

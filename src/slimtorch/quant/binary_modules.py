@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from slimtorch.io.manifest import register_module
+from slimtorch.layer_kinds import pad_same
 from slimtorch.quant.binary_kernels import byte_table, lut_index, lut_matmul, xnor_matmul
 from slimtorch.quant.binary_math import binary_scale, sign, ternary_codes, ternary_scale
 from slimtorch.quant.binary_pack import pack_bits, pack_signs, pack_ternary, packed_length, popcount8
@@ -192,8 +193,11 @@ class BinaryConv2d(_PackedWeights):
     """A Conv2d (groups=1, zero padding) with packed binary or ternary weights and a per-output scale.
 
     The packed path unfolds the input (im2col) and multiplies on the bits; with binary activations a packed
-    validity mask keeps the zero padding exact.
+    validity mask keeps the zero padding exact. ``same_pad`` (set when it replaced a TensorFlow-"same" padded
+    convolution): the (binarized) input is first padded with zeros as :func:`slimtorch.layer_kinds.pad_same` does.
     """
+
+    same_pad = False
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: Any, stride: Any = 1, padding: Any = 0,
                  dilation: Any = 1, bias: bool = True, ternary: bool = False, activations: bool = False) -> None:
@@ -203,6 +207,7 @@ class BinaryConv2d(_PackedWeights):
         self.padding = _pair(padding)
         row = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
         self._init_packed(out_channels, row, in_channels, bias, ternary, activations)
+        self.same_pad = False  # an instance attribute too: slimtorch.load sets the recorded value
 
     @classmethod
     def from_float(cls, conv: nn.Conv2d, *, ternary: bool = False, activations: bool = False,
@@ -225,6 +230,8 @@ class BinaryConv2d(_PackedWeights):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.activations:
             x = self._binarize_input(x)
+        if self.same_pad:
+            x = pad_same(x, self.kernel_size, self.stride, self.dilation)
         batch, _, height, width = x.shape
         kh, kw = self.kernel_size
         out_h = (height + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
@@ -235,6 +242,6 @@ class BinaryConv2d(_PackedWeights):
             return self._finish(y, (1, -1, 1, 1))
         cols = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)  # (B, C*kh*kw, L)
         rows = cols.transpose(1, 2).reshape(-1, self.row_length)  # (B*L, C*kh*kw)
-        y = self.packed_product(rows, padded=any(self.padding))  # (B*L, out)
+        y = self.packed_product(rows, padded=any(self.padding) or self.same_pad)  # (B*L, out)
         y = y.reshape(batch, out_h * out_w, self.out_channels).transpose(1, 2)  # (B, out, L)
         return self._finish(y.reshape(batch, self.out_channels, out_h, out_w), (1, -1, 1, 1))

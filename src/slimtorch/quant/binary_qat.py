@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from slimtorch.io.manifest import register_module
+from slimtorch.layer_kinds import pad_same
 from slimtorch.quant.binary_math import TWN_THRESHOLD, binarize_input, fake_binary_weight, fake_ternary_weight
 from slimtorch.quant.binary_modules import BinaryConv2d, BinaryLinear
 
@@ -80,13 +81,20 @@ class BinaryQATLinear(_FakeBinary, nn.Linear):
 
 @register_module
 class BinaryQATConv2d(_FakeBinary, nn.Conv2d):
-    """``nn.Conv2d`` (groups=1, zero padding) trained with binary or ternary weights (and binary inputs)."""
+    """``nn.Conv2d`` (groups=1, zero padding) trained with binary or ternary weights (and binary inputs).
+
+    ``same_pad`` (set when it replaced a TensorFlow-"same" padded convolution): the (binarized) input is padded
+    with zeros as :func:`slimtorch.layer_kinds.pad_same` does before the padding-0 convolution.
+    """
+
+    same_pad = False
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: Any, stride: Any = 1, padding: Any = 0,
                  dilation: Any = 1, bias: bool = True, ternary: bool = False, activations: bool = False,
                  threshold: float = TWN_THRESHOLD) -> None:
         nn.Conv2d.__init__(self, in_channels, out_channels, kernel_size, stride, padding, dilation, bias=bias)
         self._init_fake(in_channels, ternary, activations, threshold)
+        self.same_pad = False  # an instance attribute too: slimtorch.load sets the recorded value
 
     @classmethod
     def from_float(cls, conv: nn.Conv2d, **mode: Any) -> BinaryQATConv2d:
@@ -105,7 +113,10 @@ class BinaryQATConv2d(_FakeBinary, nn.Conv2d):
                 "dilation": list(self.dilation), "bias": self.bias is not None, **self._mode_args()}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(self.fake_input(x), self.fake_weight(), self.bias)
+        x = self.fake_input(x)
+        if self.same_pad:
+            x = pad_same(x, self.kernel_size, self.stride, self.dilation)
+        return self._conv_forward(x, self.fake_weight(), self.bias)
 
     def pack(self) -> BinaryConv2d:
         """The packed inference layer with the same codes, scales, bias and input threshold."""

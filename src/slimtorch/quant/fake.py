@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from slimtorch.layer_kinds import pad_same
 from slimtorch.quant.qparams import choose_qparams, minmax, qrange
 
 
@@ -94,7 +95,13 @@ class FakeQuantLinear(nn.Linear, _FakeQuantWeight):
 
 
 class FakeQuantConv2d(nn.Conv2d, _FakeQuantWeight):
-    """``nn.Conv2d`` that trains through fake-quantized per-channel weights and uint8 inputs."""
+    """``nn.Conv2d`` that trains through fake-quantized per-channel weights and uint8 inputs.
+
+    ``same_pad`` (set when it replaced a TensorFlow-"same" padded convolution): the fake-quantized input is
+    padded as :func:`slimtorch.layer_kinds.pad_same` does before the padding-0 convolution.
+    """
+
+    same_pad = False
 
     def __init__(self, conv: nn.Conv2d, *, bits: int = 8, act_bits: int | None = 8) -> None:
         nn.Conv2d.__init__(self, conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
@@ -103,6 +110,10 @@ class FakeQuantConv2d(nn.Conv2d, _FakeQuantWeight):
         self.load_state_dict(conv.state_dict())
         self.mode = "static"
         self._init_quant(bits, None, act_bits)
+        self.same_pad = False  # an instance attribute too: slimtorch.load sets the recorded value
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(self.fake_input(x), self.fake_weight(), self.bias)
+        x = self.fake_input(x)
+        if self.same_pad:
+            x = pad_same(x, self.kernel_size, self.stride, self.dilation)
+        return self._conv_forward(x, self.fake_weight(), self.bias)

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from slimtorch.io.manifest import register_module
+from slimtorch.layer_kinds import pad_same
 from slimtorch.quant import kernels
 from slimtorch.quant.packing import unpack_int4
 from slimtorch.quant.qparams import dequantize, fake_quantize
@@ -228,7 +229,12 @@ class QuantConv2d(_QuantBase):
             (integer padding only).
         bits: weight bit width (2..8, stored as int8).
         relu: apply ReLU inside the kernel.
+
+    ``same_pad`` (set and recorded when the layer replaced a TensorFlow-"same" padded convolution): the input
+    is first padded as :func:`slimtorch.layer_kinds.pad_same` does (zeros, which quantize to the zero point).
     """
+
+    same_pad = False
 
     def __init__(
         self, in_channels: int, out_channels: int, kernel_size: list[int], stride: list[int] = (1, 1),
@@ -241,6 +247,7 @@ class QuantConv2d(_QuantBase):
         self.padding, self.dilation = list(padding), list(dilation)
         self.group_size = 0
         self._init_common(out_channels, (out_channels,), bias, "static", bits)
+        self.same_pad = False  # an instance attribute too: slimtorch.load sets the recorded value
         self.register_buffer("qweight", torch.zeros(out_channels, in_channels // groups, *self.kernel_size,
                                                     dtype=torch.int8))
 
@@ -259,6 +266,8 @@ class QuantConv2d(_QuantBase):
 
     def reference(self, x: torch.Tensor) -> torch.Tensor:
         """Float reference: the fake-quantized input through a float conv with the dequantized weight."""
+        if self.same_pad:
+            x = pad_same(x, self.kernel_size, self.stride, self.dilation)
         out = F.conv2d(self._fake_input(x.float()), self.dequantized_weight(), self.bias, self.stride,
                        self.padding, self.dilation, self.groups)
         return F.relu(out) if self.relu else out
@@ -268,6 +277,8 @@ class QuantConv2d(_QuantBase):
             return self.reference(x).to(x.dtype)
         if torch.compiler.is_compiling() and not self._traceable(x.shape[0]):
             return _outside_graph(self, x)
+        if self.same_pad:
+            x = pad_same(x, self.kernel_size, self.stride, self.dilation)
         if "packed" not in self._cache:
             self._cache["qparams"] = self._input_qparams()
             self._cache["packed"] = torch.ops.onednn.qconv_prepack(

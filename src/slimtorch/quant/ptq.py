@@ -18,12 +18,15 @@ from slimtorch.api import handler
 from slimtorch.config import Config
 from slimtorch.data import iter_inputs, run_hooked
 from slimtorch.errors import ConfigError, DataError
+from slimtorch.graph.surgery import replace_layer
+from slimtorch.layer_kinds import as_plain, is_transposed_linear
 from slimtorch.quant.config import DynamicQuant, StaticQuant, WeightOnlyQuant
 from slimtorch.quant.modules import QuantConv2d, QuantLinear
 from slimtorch.quant.observers import make_observer
 from slimtorch.quant.packing import pack_int4
 from slimtorch.quant.qparams import choose_qparams, minmax, quantize
-from slimtorch.select import select as select_layers
+from slimtorch.select import swappable
+from slimtorch.summary import StepSummary, record
 
 
 def quantize_weight(
@@ -53,17 +56,34 @@ _WEIGHT_READERS = {
 }
 
 
-def chosen_layers(model: nn.Module, config: Config, types: list[type], select: Sequence[str] | None) -> list[tuple]:
-    """Layers of ``types`` picked by the config's include/exclude (or the verb's ``select``) as (name, module)."""
+def chosen_layers(model: nn.Module, config: Config, types: list[type], select: Sequence[str] | None
+                  ) -> tuple[list[tuple[str, nn.Module]], dict[str, str]]:
+    """Layers of ``types`` picked by the config's include/exclude (or the verb's ``select``).
+
+    GPT-2's ``Conv1D`` counts as a Linear and TensorFlow-"same" padded convolutions as Conv2d (their twins are
+    built from :func:`slimtorch.layer_kinds.as_plain`); subclasses with a ``forward`` slimtorch does not know
+    are left as they are.
+
+    Returns:
+        ``(chosen, skipped)``: ``(name, module)`` pairs to quantize, and the layers left float mapped to why.
+    """
     include = config.include if config.include is not None else select
     # torch's MultiheadAttention and Transformer*Layer read these layers' .weight directly: they stay float
     reads_weight = {f"{n}.{child}" for n, m in model.named_modules() for child in _WEIGHT_READERS.get(type(m), ())}
-    chosen = select_layers(model, types, include=include, exclude=config.exclude)
+    chosen, skipped = swappable(model, types, include=include, exclude=config.exclude)
     kept = [n for n, _ in chosen if n in reads_weight]
     if kept:
         logger.warning("%s: %d layers stay float because torch's attention/transformer modules read their weight "
                        "directly (%s)", type(config).__name__, len(kept), ", ".join(kept[:4]))
-    return [(n, m) for n, m in chosen if n not in reads_weight]
+    skipped.update({n: "torch's attention/transformer module reads its weight directly" for n in kept})
+    return [(n, m) for n, m in chosen if n not in reads_weight], skipped
+
+
+def string_padding(layer: nn.Module) -> str | None:
+    """Why a static int8 convolution cannot reproduce ``layer``'s padding (a mode or a string), or None."""
+    if isinstance(layer, nn.Conv2d) and (layer.padding_mode != "zeros" or isinstance(layer.padding, str)):
+        return f"padding {layer.padding!r} / padding_mode {layer.padding_mode!r} (numeric zero padding only)"
+    return None
 
 
 def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -145,6 +165,28 @@ def calibrate(model: nn.Module, names: list[str], data: Any, num_batches: int, o
     return {n: observers[n].range(8, signed=False) for n in names}
 
 
+def check_group_size(config: Config, chosen: list[tuple[str, nn.Module]]) -> None:
+    """Refuse a ``group_size`` that does not divide a chosen Linear's (or GPT-2 ``Conv1D``'s) input width.
+
+    Raises:
+        ConfigError: naming the layer and its input width.
+    """
+    group = getattr(config, "group_size", None)
+    for name, layer in chosen:
+        width = layer.weight.shape[0] if is_transposed_linear(layer) else layer.in_features
+        if group and width % group:
+            raise ConfigError(f"{type(config).__name__}.group_size={group} does not divide the input dimension "
+                              f"{width} of layer {name!r}; pick a divisor or exclude the layer")
+
+
+def static_layers(model: nn.Module, config: StaticQuant, select: Sequence[str] | None
+                   ) -> tuple[list[tuple[str, nn.Module]], dict[str, str]]:
+    """The Linear/Conv2d layers static int8 takes (numeric zero padding only) and the skipped ones."""
+    chosen, skipped = chosen_layers(model, config, [nn.Linear, nn.Conv2d], select)
+    skipped.update({n: string_padding(m) for n, m in chosen if string_padding(m)})
+    return [(n, m) for n, m in chosen if n not in skipped], skipped
+
+
 @handler(StaticQuant)
 def apply_static(model: nn.Module, config: StaticQuant, *, data: Any = None, example_inputs: Any = None,
                  select: Sequence[str] | None = None, seed: int = 0) -> nn.Module:
@@ -164,36 +206,45 @@ def apply_static(model: nn.Module, config: StaticQuant, *, data: Any = None, exa
 
         folded = fold_batchnorms(model, example_inputs)
         logger.info("StaticQuant: folded %d BatchNorm layers into their convolutions", len(folded))
-    chosen = [(n, m) for n, m in chosen_layers(model, config, [nn.Linear, nn.Conv2d], select)
-              if not isinstance(m, nn.Conv2d) or (m.padding_mode == "zeros" and not isinstance(m.padding, str))]
+    chosen, skipped = static_layers(model, config, select)
     if not chosen:
-        raise ConfigError("StaticQuant: no Linear or Conv2d layer to quantize; check include/exclude/select")
+        raise ConfigError(f"StaticQuant: no Linear or Conv2d layer to quantize (skipped: {skipped or 'none'}); "
+                          "check include/exclude/select")
     names = [n for n, _ in chosen]
     fused = fuse_relus(model, example_inputs, set(names)) if config.fuse_relu and example_inputs is not None else set()
     ranges = calibrate(model, names, data, config.calibration_batches, config.observer, config.percentile)
     for name, layer in chosen:
         relu = name in fused
-        q = quant_conv2d(layer, relu=relu) if isinstance(layer, nn.Conv2d) else quant_linear(
-            layer, mode="static", relu=relu)
+        plain = as_plain(layer)
+        q = quant_conv2d(plain, relu=relu) if isinstance(plain, nn.Conv2d) else quant_linear(
+            plain, mode="static", relu=relu)
         scale, zero = choose_qparams(torch.tensor(ranges[name][0]), torch.tensor(ranges[name][1]), bits=8,
                                      symmetric=False, signed=False)
         q.input_scale, q.input_zero_point = scale, zero
-        set_module(model, name, q)
+        replace_layer(model, name, q)
     logger.info("StaticQuant: %d layers to int8 (%d with ReLU fused)", len(chosen), len(fused))
+    record(model, StepSummary("StaticQuant", tuple(names), skipped))
     return model
 
 
 @handler(DynamicQuant)
 def apply_dynamic(model: nn.Module, config: DynamicQuant, *, data: Any = None, example_inputs: Any = None,
                   select: Sequence[str] | None = None, seed: int = 0) -> nn.Module:
-    """Handler of ``st.quantize`` for :class:`DynamicQuant`: every chosen Linear to int8 weights, activations
-    quantized per token at run time (no data needed)."""
-    chosen = chosen_layers(model, config, [nn.Linear], select)
+    """Handler of ``st.quantize`` for :class:`DynamicQuant`: every chosen Linear (and GPT-2 ``Conv1D``) to int8
+    weights, activations quantized per token at run time (no data needed).
+
+    Raises:
+        ConfigError: no Linear layer to quantize.
+    """
+    chosen, skipped = chosen_layers(model, config, [nn.Linear], select)
     if not chosen:
-        raise ConfigError("DynamicQuant: no nn.Linear layer to quantize; check include/exclude/select")
+        raise ConfigError(f"DynamicQuant: no nn.Linear layer to quantize (skipped: {skipped or 'none'}); "
+                          "check include/exclude/select")
     for name, layer in chosen:
-        set_module(model, name, quant_linear(layer, mode="dynamic", per_token=config.activations == "token"))
+        replace_layer(model, name, quant_linear(as_plain(layer), mode="dynamic",
+                                                per_token=config.activations == "token"))
     logger.info("DynamicQuant: %d Linear layers to int8", len(chosen))
+    record(model, StepSummary("DynamicQuant", tuple(n for n, _ in chosen), skipped))
     return model
 
 
@@ -203,16 +254,17 @@ def apply_weight_only(model: nn.Module, config: WeightOnlyQuant, *, data: Any = 
     """Handler of ``st.quantize`` for :class:`WeightOnlyQuant`: integer weights (int4 packed), float activations.
 
     Raises:
-        ConfigError: ``group_size`` does not divide a chosen layer's input dimension.
+        ConfigError: no Linear layer to quantize, or ``group_size`` does not divide a chosen layer's input
+            dimension.
     """
-    chosen = chosen_layers(model, config, [nn.Linear], select)
+    chosen, skipped = chosen_layers(model, config, [nn.Linear], select)
     if not chosen:
-        raise ConfigError("WeightOnlyQuant: no nn.Linear layer to quantize; check include/exclude/select")
+        raise ConfigError(f"WeightOnlyQuant: no nn.Linear layer to quantize (skipped: {skipped or 'none'}); "
+                          "check include/exclude/select")
+    check_group_size(config, chosen)
     for name, layer in chosen:
-        if config.group_size and layer.in_features % config.group_size:
-            raise ConfigError(f"WeightOnlyQuant.group_size={config.group_size} does not divide the input dimension "
-                              f"{layer.in_features} of layer {name!r}; pick a divisor or exclude the layer")
-    for name, layer in chosen:
-        set_module(model, name, quant_linear(layer, mode="weight_only", bits=config.bits, group_size=config.group_size))
+        replace_layer(model, name, quant_linear(as_plain(layer), mode="weight_only", bits=config.bits,
+                                                group_size=config.group_size))
     logger.info("WeightOnlyQuant: %d Linear layers to int%d", len(chosen), config.bits)
+    record(model, StepSummary("WeightOnlyQuant", tuple(n for n, _ in chosen), skipped))
     return model

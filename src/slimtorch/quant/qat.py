@@ -21,12 +21,15 @@ from torch import nn
 from slimtorch._log import logger
 from slimtorch.config import Config
 from slimtorch.errors import ConfigError
+from slimtorch.graph.surgery import replace_layer
+from slimtorch.layer_kinds import as_plain
 from slimtorch.quant.config import DynamicQuant, StaticQuant, WeightOnlyQuant
 from slimtorch.quant.fake import FakeQuantConv2d, FakeQuantLinear
 from slimtorch.quant.modules import QuantConv2d, QuantLinear
 from slimtorch.quant.packing import pack_int4
-from slimtorch.quant.ptq import chosen_layers, fuse_relus, set_module
+from slimtorch.quant.ptq import check_group_size, chosen_layers, fuse_relus, set_module, static_layers
 from slimtorch.quant.qparams import choose_qparams, quantize
+from slimtorch.summary import StepSummary, record
 
 
 @dataclass(frozen=True)
@@ -95,15 +98,18 @@ def _prepare_static(model: nn.Module, config: StaticQuant, *, data: Any = None, 
     if config.fold_bn and example is not None:
         model.eval()
         fold_batchnorms(model, example)
-    chosen = [(n, m) for n, m in chosen_layers(model, config, [nn.Linear, nn.Conv2d], select)
-              if not isinstance(m, nn.Conv2d) or (m.padding_mode == "zeros" and not isinstance(m.padding, str))]
+    chosen, skipped = static_layers(model, config, select)
     fused = fuse_relus(model, example, {n for n, _ in chosen}) if config.fuse_relu and example is not None else set()
     for name, layer in chosen:
-        fq = (FakeQuantConv2d(layer, bits=config.bits, act_bits=8) if isinstance(layer, nn.Conv2d)
-              else FakeQuantLinear(layer, bits=config.bits, act_bits=8, mode="static"))
+        plain = as_plain(layer)
+        fq = (FakeQuantConv2d(plain, bits=config.bits, act_bits=8) if isinstance(plain, nn.Conv2d)
+              else FakeQuantLinear(plain, bits=config.bits, act_bits=8, mode="static"))
         fq.fused_relu = name in fused
-        set_module(model, name, _with_relu(fq) if fq.fused_relu else fq)
+        replace_layer(model, name, fq)
+        if fq.fused_relu:
+            set_module(model, name, _with_relu(fq))
     logger.info("prepare_qat(StaticQuant): %d layers", len(chosen))
+    record(model, StepSummary("StaticQuant", tuple(n for n, _ in chosen), skipped))
     return model.train()
 
 
@@ -118,14 +124,12 @@ def _with_relu(layer: nn.Module) -> nn.Module:
 def _prepare_linear(model: nn.Module, config: Config, *, data: Any = None, select=None) -> nn.Module:
     mode = "dynamic" if isinstance(config, DynamicQuant) else "weight_only"
     group = getattr(config, "group_size", None)
-    chosen = chosen_layers(model, config, [nn.Linear], select)
+    chosen, skipped = chosen_layers(model, config, [nn.Linear], select)
+    check_group_size(config, chosen)
     for name, layer in chosen:
-        if group and layer.in_features % group:
-            raise ConfigError(f"{type(config).__name__}.group_size={group} does not divide the input dimension "
-                              f"{layer.in_features} of layer {name!r}; pick a divisor or exclude the layer")
-    for name, layer in chosen:
-        set_module(model, name, FakeQuantLinear(layer, bits=config.bits, group_size=group, mode=mode))
+        replace_layer(model, name, FakeQuantLinear(as_plain(layer), bits=config.bits, group_size=group, mode=mode))
     logger.info("prepare_qat(%s): %d Linear layers", type(config).__name__, len(chosen))
+    record(model, StepSummary(type(config).__name__, tuple(n for n, _ in chosen), skipped))
     return model.train()
 
 
@@ -156,10 +160,10 @@ def _integer(fq: nn.Module) -> nn.Module:
 def _convert_int(model: nn.Module) -> nn.Module:
     for name, m in list(model.named_modules()):
         if isinstance(m, _ReluAfter):
-            set_module(model, name, _integer(m[0]))
+            set_module(model, name, m[0])  # its integer layer applies the ReLU (fused_relu)
     for name, m in list(model.named_modules()):
         if isinstance(m, FakeQuantLinear | FakeQuantConv2d):
-            set_module(model, name, _integer(m))
+            replace_layer(model, name, _integer(m))  # carries same_pad
     return model
 
 

@@ -70,7 +70,7 @@ def quant_sensitivity(
     model = model.eval()
     with torch.no_grad():
         reference = [first_tensor(call(model, b)) for b in batches]
-    names = [n for n, _ in chosen_layers(model, config, [nn.Linear, nn.Conv2d], select)]
+    names = [n for n, _ in chosen_layers(model, config, [nn.Linear, nn.Conv2d], select)[0]]
     if not names:
         raise ConfigError(f"quant_sensitivity: {type(config).__name__} chooses no layer; check include/exclude")
     results = []
