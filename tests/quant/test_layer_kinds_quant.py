@@ -145,6 +145,8 @@ def test_binary_and_ternary_keep_same_padding(kind, config, tmp_path):
                 m.max_packed_rows = rows
             torch.testing.assert_close(q(x), reference(x), atol=1e-4, rtol=1e-4)
     _round_trip(q, _model(kind), tmp_path, x)
+    path = st.export_onnx(q, x[:1], tmp_path / "b.onnx", check=True)  # the float twin pads too
+    assert st.check_agreement(q, path, x).passed
 
 
 class ScaledLinear(nn.Linear):
@@ -217,3 +219,18 @@ def test_gpt2_conv1d_layers_are_quantized(config, tol, tmp_path):
     if isinstance(config, st.DynamicQuant):
         onnx_path = st.export_onnx(q, {"input_ids": ids}, tmp_path / "gpt2.onnx", check=True)
         assert st.check_agreement(q, onnx_path, {"input_ids": ids}).passed
+
+
+@pytest.mark.parametrize("config", [st.DynamicQuant(), st.StaticQuant()], ids=["dynamic", "static"])
+def test_gpt2_qat_trains_and_converts_the_conv1d_layers(config):
+    model = _gpt2()
+    ids = torch.randint(0, 100, (2, 16), generator=torch.Generator().manual_seed(0))
+    data = [{"input_ids": torch.randint(0, 100, (2, 16))} for _ in range(2)]
+    prepared = st.prepare_qat(copy.deepcopy(model), config, data=data)
+    assert len(last_summary(prepared).changed) == 9
+    loss = prepared(input_ids=ids, labels=ids).loss
+    loss.backward()
+    q = st.convert(prepared)
+    assert sum(isinstance(m, QuantLinear) for m in q.modules()) == 9
+    out, ref = _logits(q, ids), _logits(model, ids)
+    assert out.shape == ref.shape and _rel(out, ref) < 0.1
