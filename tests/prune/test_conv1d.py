@@ -6,6 +6,7 @@ import torch
 
 import slimtorch as st
 from slimtorch.lowrank.modules import LowRankLinear
+from slimtorch.prune.masks import sparse_layers
 from slimtorch.prune.semistructured import nm_violations
 from slimtorch.prune.sparse_linear import SparseLinear, use_sparse_kernels
 from slimtorch.summary import last_summary
@@ -49,7 +50,9 @@ def test_unstructured_prunes_every_conv1d(tmp_path):
     assert float((model.lm_head.weight == 0).float().mean()) == 0  # the head (tied embedding) is left alone
     assert set(last_summary(model).changed) == set(layers)
     out = logits(st.make_permanent(model))
-    torch.testing.assert_close(logits(st.load(st.save(model, tmp_path / "m"), gpt2())), out, rtol=0, atol=0)
+    loaded = st.load(st.save(model, tmp_path / "m"), gpt2())
+    torch.testing.assert_close(logits(loaded), out, rtol=0, atol=0)
+    assert set(sparse_layers(loaded)) == set(layers)  # fine-tuning with keep_zeros re-masks them
 
 
 def test_nm_groups_run_along_the_input_dim(tmp_path):

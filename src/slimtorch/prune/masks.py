@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from slimtorch.layer_kinds import is_transposed_linear
+
 MASK = "slim_mask"
 _HOOKS = "_slim_mask_hooks"
 
@@ -129,13 +131,15 @@ def restore_masks(model: nn.Module, layers: list[str] | None = None) -> int:
 
 
 def sparse_layers(model: nn.Module, min_sparsity: float = 0.1) -> list[str]:
-    """Names of Linear/Conv layers whose weights are at least ``min_sparsity`` (0-1) exact zeros: pruned
-    layers, e.g. of a model loaded from disk (a trained dense layer has essentially no exact zeros)."""
+    """Names of Linear/Conv layers (GPT-2 ``Conv1D`` included) whose weights are at least ``min_sparsity`` (0-1)
+    exact zeros: pruned layers, e.g. of a model loaded from disk (a trained dense layer has essentially no exact
+    zeros)."""
     out = []
     for name, module in model.named_modules():
         weight = getattr(module, "weight", None)
         # a weight that is no Parameter is computed (e.g. by torch.nn.utils.prune from weight_orig): not ours
-        if isinstance(module, nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d) and isinstance(weight, nn.Parameter):
+        layer = isinstance(module, nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d) or is_transposed_linear(module)
+        if layer and isinstance(weight, nn.Parameter):
             if weight.is_floating_point() and weight.numel() and float((weight == 0).float().mean()) >= min_sparsity:
                 out.append(name)
     return out
