@@ -10,8 +10,13 @@ timeout, so a crash or a hang in one model costs only that cell. Environment var
     CONFORMANCE_WORKERS=2             processes at once
     CONFORMANCE_TIMEOUT=900           seconds one row process may run before its current cell counts as hung
     CONFORMANCE_UPDATE=1              merge a subset's cells into the last full results and regenerate the docs
+    CONFORMANCE_RESUME=1              finish a cut-short run: keep the rows already in the partial file
+    CONFORMANCE_ONNX=all              which cells export to ONNX: "all", or "sample:K" (K columns per row, rotating
+                                      with the row so every column is exported on about 1 row in 12/K; the
+                                      export is two thirds of a cell's time)
 
-``docs/compatibility.md`` is written by a full run (every row and column) or with CONFORMANCE_UPDATE=1.
+``docs/compatibility.md`` is written by a full run (every row and column) or with CONFORMANCE_UPDATE=1;
+``--render-partial`` writes it from the rows a cut-short run finished.
 """
 
 from __future__ import annotations
@@ -19,9 +24,8 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
-import subprocess
 import sys
-import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -29,12 +33,15 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-MATRIX = ROOT / "tests" / "conformance" / "matrix.py"
 DOCS = ROOT / "docs" / "compatibility.md"
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(MATRIX.parent))
+sys.path.insert(0, str(ROOT / "tests" / "conformance"))
 
 from _harness import RESULTS, main  # noqa: E402
+
+#: every finished row's cells are appended here at once, so a run cut short still has its results
+#: (``python benchmarks/bench_conformance.py --render-partial`` writes the docs from them)
+PARTIAL = RESULTS / "conformance.partial.jsonl"
 
 MARKS = {"pass": "✓", "unsupported": "U", "fail": "F", "crash": "C"}
 
@@ -49,51 +56,20 @@ def _pick(names: list[str], patterns: str | None) -> list[str]:
     return picked
 
 
-def _run_row(row: str, columns: list[str], timeout: float) -> list[dict[str, Any]]:
-    """All of one row's cells, each in order in a fresh process until done; a process that dies or hangs is
-    recorded as a crash of the cell it was in, and the row goes on with the next column."""
-    cells: list[dict[str, Any]] = []
-    todo = list(columns)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    while todo:
-        with tempfile.NamedTemporaryFile("r", suffix=".jsonl") as out:
-            start = time.perf_counter()
-            cmd = [sys.executable, str(MATRIX), row, *todo, "--out", out.name]
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                    start_new_session=True, env=env, cwd=ROOT)
-            try:
-                log, _ = proc.communicate(timeout=timeout)
-                died = f"the process died with exit code {proc.returncode}" if proc.returncode else ""
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, 9)
-                log, _ = proc.communicate()
-                died = f"hung: the row's process passed its {timeout:.0f} s timeout in this cell"
-            done = [json.loads(line) for line in Path(out.name).read_text().splitlines() if line.strip()]
-        cells += done
-        todo = todo[len(done):]
-        if todo and died:
-            tail = " | ".join(line for line in log.splitlines()[-3:] if not line.startswith("start "))
-            cells.append({"row": row, "column": todo[0], "status": "crash", "phase": "process",
-                          "reason": f"{died}" + (f" ({tail[-300:]})" if tail else ""), "frame": "",
-                          "metrics": {}, "seconds": {"total": round(time.perf_counter() - start, 1)}})
-            todo = todo[1:]
-        elif todo:  # exited cleanly without finishing: should not happen; never loop on it
-            cells += [{"row": row, "column": c, "status": "crash", "phase": "process", "frame": "", "metrics": {},
-                       "reason": "the row's process exited before this cell", "seconds": {}} for c in todo]
-            todo = []
-    for c in cells:
-        print(f"{c['row']:40s} {c['column']:14s} {c['status']:11s} {c['reason'][:120]}", flush=True)
-    return cells
-
-
 def _grid(cells: list[dict[str, Any]], rows: list[str], columns: list[str]) -> tuple[list[list[Any]], dict]:
     by = {(c["row"], c["column"]): c for c in cells}
     table = []
     for r in rows:
-        marks = [MARKS[by[(r, col)]["status"]] if (r, col) in by else "" for col in columns]
-        table.append([r, sum(m == MARKS["pass"] for m in marks), *marks])
+        marks = [_mark(by[(r, col)]) if (r, col) in by else "" for col in columns]
+        table.append([r, sum(m.startswith(MARKS["pass"]) for m in marks), *marks])
     counts = {s: sum(c["status"] == s for c in cells) for s in MARKS}
     return table, counts
+
+
+def _mark(cell: dict[str, Any]) -> str:
+    """The cell's mark; a pass whose ONNX phase was not run (a sampled run) is marked ``✓*``."""
+    mark = MARKS[cell["status"]]
+    return mark + "*" if cell["status"] == "pass" and "onnx" not in cell["seconds"] else mark
 
 
 def compatibility_md(cells: list[dict[str, Any]], rows: list[str], columns: list[str], tolerances: dict[str, str],
@@ -114,7 +90,9 @@ def compatibility_md(cells: list[dict[str, Any]], rows: list[str], columns: list
         f"{counts['unsupported']} unsupported (a clear `UnsupportedModelError`, model left untouched), "
         f"{counts['fail']} fail, {counts['crash']} crash. Full run: {seconds / 60:.0f} min.",
         "",
-        "✓ pass, U unsupported, F fail (a typed slimtorch error or a missed check), C crash (any other error).",
+        "✓ pass, U unsupported, F fail (a typed slimtorch error or a missed check), C crash (any other error); "
+        "✓* passed step, check and round trip, ONNX export not run for this cell "
+        f"({sum(1 for c in cells if 'onnx' in c['seconds'])} of {total} cells exported to ONNX).",
         "",
         "| model | pass | " + " | ".join(columns) + " |",
         "|---|---|" + "---|" * len(columns),
@@ -133,7 +111,24 @@ def compatibility_md(cells: list[dict[str, Any]], rows: list[str], columns: list
     return "\n".join(lines) + "\n"
 
 
+def render_partial() -> None:
+    """Write docs/compatibility.md from the rows a run (cut short, resumed or whole) finished (``PARTIAL``)."""
+    from matrix import COLUMNS, ROWS
+
+    from slimtorch.io.atomic import write_text
+
+    cells = [json.loads(line) for line in PARTIAL.read_text().splitlines() if line.strip()]
+    done = {c["row"] for c in cells}
+    rows = [r for r in ROWS if r in done]
+    tolerances = {name: col.tolerance for name, col in COLUMNS.items()}
+    text = compatibility_md(cells, rows, list(COLUMNS), tolerances, sum(
+        sum(c["seconds"].values()) for c in cells) / 2)
+    label = "Cell time / 2 workers:" if len(rows) == len(ROWS) else f"PARTIAL run ({len(rows)} of {len(ROWS)} rows):"
+    write_text(DOCS, text.replace("Full run:", label))
+
+
 def run(quick: bool) -> dict[str, Any]:
+    from isolated import run_row
     from matrix import CI_ROWS, COLUMNS, ROWS
 
     all_rows, all_cols = list(ROWS), list(COLUMNS)
@@ -142,9 +137,36 @@ def run(quick: bool) -> dict[str, Any]:
     workers = int(os.environ.get("CONFORMANCE_WORKERS", "2"))
     timeout = float(os.environ.get("CONFORMANCE_TIMEOUT", "900"))
     start = time.perf_counter()
+    finished: list[dict[str, Any]] = []
+    if os.environ.get("CONFORMANCE_RESUME") == "1" and PARTIAL.exists():
+        finished = [json.loads(line) for line in PARTIAL.read_text().splitlines() if line.strip()]
+        done = {c["row"] for c in finished}
+        rows, finished = [r for r in rows if r not in done], [c for c in finished if c["column"] in columns]
+    else:
+        PARTIAL.write_text("")
+    lock = threading.Lock()
+
+    onnx_mode = os.environ.get("CONFORMANCE_ONNX", "all")
+
+    def onnx_columns(row: str) -> list[str] | None:
+        if onnx_mode == "all":
+            return None
+        k, i = int(onnx_mode.split(":")[1]), all_rows.index(row)
+        return [all_cols[(i * k + j) % len(all_cols)] for j in range(k)]
+
+    def one_row(row: str) -> list[dict[str, Any]]:
+        cells = run_row(row, columns, timeout, onnx=onnx_columns(row), verbose=True)
+        with lock, PARTIAL.open("a") as fh:
+            fh.writelines(json.dumps(c, default=str) + "\n" for c in cells)
+        return cells
+
     with ThreadPoolExecutor(workers) as pool:
-        cells = [c for row_cells in pool.map(lambda r: _run_row(r, columns, timeout), rows) for c in row_cells]
+        cells = [c for row_cells in pool.map(one_row, rows) for c in row_cells]
     seconds = time.perf_counter() - start
+    if finished:  # a resumed run: the earlier rows' cells, in row order
+        order = {r: i for i, r in enumerate(all_rows)}
+        cells = sorted(finished + cells, key=lambda c: order[c["row"]])
+        rows = [r for r in all_rows if any(c["row"] == r for c in cells)]
     full = rows == all_rows and columns == all_cols
     tolerances = {name: col.tolerance for name, col in COLUMNS.items()}
     doc_rows, doc_cols, doc_cells = rows, columns, cells
@@ -175,4 +197,7 @@ def run(quick: bool) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main("conformance", run)
+    if sys.argv[1:] == ["--render-partial"]:
+        render_partial()
+    else:
+        main("conformance", run)

@@ -53,7 +53,8 @@ class Cell:
         row, column: the model and the family.
         status: "pass", "unsupported" (``UnsupportedModelError``, model untouched), "fail" (another ``SlimError``
             or a check missed, with the numbers) or "crash" (any other exception).
-        phase: where it stopped: "build", "step", "check", "roundtrip", "onnx" or "done".
+        phase: where it stopped: "build", "step", "check", "roundtrip", "onnx" or "done" ("done" without an
+            "onnx" entry in ``seconds``: the ONNX phase was not run for this cell).
         reason: the error type and message, or the check that was missed.
         frame: the innermost slimtorch frame of the error ("file:line function"), when there is one.
         metrics: the numbers measured (cosines, sparsities, parameter counts, ...).
@@ -95,7 +96,9 @@ def main_output(out: Any) -> torch.Tensor:
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     """Smallest per-sample cosine similarity (1 = same direction; two all-zero samples agree)."""
     a2, b2 = a.double().reshape(len(a), -1), b.double().reshape(len(b), -1)
-    cos = torch.nn.functional.cosine_similarity(a2, b2, dim=1)
+    norms = a2.norm(dim=1) * b2.norm(dim=1)
+    # no epsilon floor: random-weight models can have logits of 1e-5, whose norms' product is below any eps
+    cos = torch.where(norms > 0, (a2 * b2).sum(1) / norms.clamp_min(1e-300), (a2 == b2).all(1).double())
     return float(cos.min())
 
 
@@ -371,7 +374,8 @@ def main() -> int:
     parser.add_argument("row", choices=sorted(ROWS))
     parser.add_argument("columns", nargs="*", help=f"default: all of {list(COLUMNS)}")
     parser.add_argument("--out", required=True, help="JSON-lines file to append one line per cell to")
-    parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX export phase")
+    parser.add_argument("--onnx", nargs="*", default=None,
+                        help="columns whose cells export to ONNX (default: every column; none given: no cell)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     import logging
@@ -381,7 +385,7 @@ def main() -> int:
     logging.getLogger("slimtorch").setLevel(logging.ERROR)
     for column in args.columns or list(COLUMNS):
         print(f"start {args.row} {column}", flush=True)  # the runner learns which cell a dying process was in
-        cell = check_cell(args.row, column, onnx=not args.no_onnx)
+        cell = check_cell(args.row, column, onnx=args.onnx is None or column in args.onnx)
         with open(args.out, "a") as fh:
             fh.write(json.dumps(dataclasses.asdict(cell), default=str) + "\n")
         print(f"{cell.row:40s} {cell.column:14s} {cell.status:11s} {sum(cell.seconds.values()):6.1f}s "

@@ -64,12 +64,13 @@ def _tv(name: str, size: int = 32, **kwargs: Any) -> Callable[[], Built]:
 
 
 def _tv_resnet(block: str, **kwargs: Any) -> Callable[[], Built]:
-    """ResNet / ResNeXt / Wide-ResNet layouts with one block per stage (the lightest of each)."""
+    """ResNet / ResNeXt / Wide-ResNet bottleneck layouts shortened to 1-2 blocks per stage (a stage of one block
+    has no block whose output has its input's shape, so nothing to remove; the second stage has two)."""
 
     def make() -> nn.Module:
         from torchvision.models import resnet
 
-        return resnet.ResNet(getattr(resnet, block), [1, 1, 1, 1], num_classes=10, **kwargs)
+        return resnet.ResNet(getattr(resnet, block), [1, 2, 1, 1], num_classes=10, **kwargs)
 
     return _vision(make, 32)
 
