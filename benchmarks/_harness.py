@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import ctypes
 import json
 import os
 import platform
@@ -108,29 +107,14 @@ def main(name: str, run: Callable[[bool], dict[str, Any]]) -> dict[str, Any]:
     return execute(name, run, quick=args.quick)
 
 
-#: glibc malloc thresholds (bytes) pinned for every benchmark: see :func:`pin_allocator`
-MMAP_THRESHOLD, TRIM_THRESHOLD = 64 << 20, 128 << 20
-
-
-def pin_allocator() -> str:
-    """Fix glibc's mmap and trim thresholds so timings do not depend on what ran before in the process.
-
-    glibc adapts them to the largest block freed so far: in a fresh process a CNN's activation buffers are
-    mmapped and page-faulted on every call, after any larger allocation (training, a big model) they come from
-    the heap. Measured on digits-cnn at batch 32: 6.0 ms fresh, 4.6 ms after a training epoch, 13.6 ms with the
-    thresholds held at their defaults. Pinned high, every contender runs in the steady state of a long-lived
-    process. Returns a description for the environment record.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        ok = libc.mallopt(-3, MMAP_THRESHOLD) == 1 and libc.mallopt(-1, TRIM_THRESHOLD) == 1  # M_MMAP/M_TRIM
-    except (OSError, AttributeError):
-        ok = False
-    return f"glibc mmap/trim thresholds {MMAP_THRESHOLD >> 20}/{TRIM_THRESHOLD >> 20} MiB" if ok else "not pinned"
-
-
 def execute(name: str, run: Callable[[bool], dict[str, Any]], quick: bool) -> dict[str, Any]:
-    """Run one benchmark, add the environment, write the files and print the markdown table."""
+    """Run one benchmark, add the environment, write the files and print the markdown table.
+
+    glibc's malloc thresholds are pinned before the run (``slimtorch.measure.allocator``, as every slimtorch
+    timing does), so contenders do not depend on what ran before them in the process.
+    """
+    from slimtorch.measure.allocator import pin_allocator
+
     env = environment()
     env["allocator"] = pin_allocator()
     start = time.perf_counter()

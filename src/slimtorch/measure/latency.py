@@ -1,4 +1,8 @@
-"""Latency: warm-up, then repeated timed calls, quoted as median and p90 in milliseconds."""
+"""Latency: warm-up, then repeated timed calls, quoted as median and p90 in milliseconds.
+
+Every timing first pins glibc's malloc thresholds (once per process, :mod:`slimtorch.measure.allocator`), so a
+latency does not depend on what ran before it in the process.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+
+from slimtorch.measure.allocator import pin_allocator
 
 
 @dataclass(frozen=True)
@@ -33,9 +39,12 @@ def time_fn(
 ) -> Timing:
     """Time ``fn()``: ``warmup`` untimed calls, then up to ``repeats`` timed calls within ``max_seconds``.
 
+    The process's malloc thresholds are pinned first (:func:`slimtorch.measure.allocator.pin_allocator`).
+
     Returns:
         The per-call times in ms (at least 5 samples unless one call exceeds ``max_seconds`` / 5).
     """
+    pin_allocator()
     with torch.inference_mode():
         for _ in range(warmup):
             fn()
