@@ -228,6 +228,8 @@ class BinaryConv2d(_PackedWeights):
                 "activations": self.activations}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 3:  # unbatched (C, H, W), as nn.Conv2d accepts it
+            return self.forward(x.unsqueeze(0)).squeeze(0)
         if self.activations:
             x = self._binarize_input(x)
         if self.same_pad:

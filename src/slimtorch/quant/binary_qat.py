@@ -63,7 +63,7 @@ class BinaryQATLinear(_FakeBinary, nn.Linear):
         """A training twin of ``linear`` sharing a copy of its weight and bias."""
         layer = cls(linear.in_features, linear.out_features, linear.bias is not None, **mode)
         layer.load_state_dict(linear.state_dict(), strict=False)
-        return layer.to(linear.weight.device)
+        return layer.to(linear.weight.device, linear.weight.dtype)  # trains in the model's dtype
 
     def manifest_args(self) -> dict[str, Any]:
         """Constructor arguments for ``slimtorch.save``."""
@@ -104,7 +104,7 @@ class BinaryQATConv2d(_FakeBinary, nn.Conv2d):
         layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                     conv.dilation, conv.bias is not None, **mode)
         layer.load_state_dict(conv.state_dict(), strict=False)
-        return layer.to(conv.weight.device)
+        return layer.to(conv.weight.device, conv.weight.dtype)  # trains in the model's dtype
 
     def manifest_args(self) -> dict[str, Any]:
         """Constructor arguments for ``slimtorch.save``."""

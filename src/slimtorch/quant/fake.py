@@ -56,27 +56,33 @@ class _FakeQuantWeight(nn.Module):
         self.register_buffer("act_max", torch.tensor(float("-inf")) if act_bits else None)
 
     def fake_weight(self) -> torch.Tensor:
-        """The weight as the integer layer will see it (fake-quantized, differentiable)."""
+        """The weight as the integer layer will see it (fake-quantized, differentiable), in the weight's dtype.
+
+        The scale stays float32 (a bfloat16 scale would round the step size itself), so the rounding is computed
+        in float32 and the result cast back to the weight's dtype.
+        """
         qmin, qmax = qrange(self.bits, signed=True)
         w = self.weight
         s = grad_scale(self.weight_scale, 1.0 / math.sqrt(w[0].numel() * qmax))
         if self.group_size:
             wg = w.reshape(w.shape[0], -1, self.group_size)
-            return fake_quantize_ste(wg, s.unsqueeze(-1), 0.0, qmin, qmax).reshape(w.shape)
-        return fake_quantize_ste(w, s.reshape(-1, *([1] * (w.dim() - 1))), 0.0, qmin, qmax)
+            fake = fake_quantize_ste(wg, s.unsqueeze(-1), 0.0, qmin, qmax).reshape(w.shape)
+        else:
+            fake = fake_quantize_ste(w, s.reshape(-1, *([1] * (w.dim() - 1))), 0.0, qmin, qmax)
+        return fake.to(w.dtype)
 
     def fake_input(self, x: torch.Tensor) -> torch.Tensor:
-        """Fake-quantize the input to uint8 with the tracked range (updated in training mode)."""
+        """Fake-quantize the input to uint8 with the tracked range (updated in training mode), in x's dtype."""
         if not self.act_bits:
             return x
-        if self.training or not torch.isfinite(self.act_min):
+        if (self.training or not torch.isfinite(self.act_min)) and x.numel():  # an empty batch has no range
             lo, hi = torch.aminmax(x.detach())
             first = not torch.isfinite(self.act_min)
             self.act_min.copy_(lo if first else self.act_min + 0.01 * (lo - self.act_min))
             self.act_max.copy_(hi if first else self.act_max + 0.01 * (hi - self.act_max))
         scale, zero = choose_qparams(self.act_min, self.act_max, bits=self.act_bits, symmetric=False, signed=False)
         qmin, qmax = qrange(self.act_bits, signed=False)
-        return fake_quantize_ste(x, scale, zero.float(), qmin, qmax)
+        return fake_quantize_ste(x, scale, zero.float(), qmin, qmax).to(x.dtype)
 
 
 class FakeQuantLinear(nn.Linear, _FakeQuantWeight):
@@ -85,7 +91,7 @@ class FakeQuantLinear(nn.Linear, _FakeQuantWeight):
     def __init__(self, linear: nn.Linear, *, bits: int, group_size: int | None = None, act_bits: int | None = None,
                  mode: str = "weight_only") -> None:
         nn.Linear.__init__(self, linear.in_features, linear.out_features, linear.bias is not None,
-                           device=linear.weight.device)
+                           device=linear.weight.device, dtype=linear.weight.dtype)
         self.load_state_dict(linear.state_dict())
         self.mode = mode
         self._init_quant(bits, group_size, act_bits)
@@ -106,7 +112,7 @@ class FakeQuantConv2d(nn.Conv2d, _FakeQuantWeight):
     def __init__(self, conv: nn.Conv2d, *, bits: int = 8, act_bits: int | None = 8) -> None:
         nn.Conv2d.__init__(self, conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                            conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode,
-                           device=conv.weight.device)
+                           device=conv.weight.device, dtype=conv.weight.dtype)
         self.load_state_dict(conv.state_dict())
         self.mode = "static"
         self._init_quant(bits, None, act_bits)

@@ -18,6 +18,11 @@ Attributes every quantized layer has (the contract ONNX export and ``st.save`` r
 Every layer's output equals its float reference (dequantized weight, and for static layers the
 fake-quantized input) within float rounding; weight-only layers may pick a bfloat16-activation kernel when
 it measures faster, which rounds activations to bfloat16 (relative error about 2**-8).
+
+Inputs are what the float layer takes: Linear ``[..., in]`` (1-D included), Conv2d ``[N, C, H, W]`` or unbatched
+``[C, H, W]``, in any memory layout (copied to a dense layout only for the kernels that need one), empty batches
+giving empty outputs. bfloat16/float16 inputs run the same integer kernels in float32 and come back in their own
+dtype; the buffers stay float32 whatever the model's dtype.
 """
 
 from __future__ import annotations
@@ -145,8 +150,12 @@ class QuantLinear(_QuantBase):
         return F.relu(out) if self.relu else out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not x.is_cpu or x.dtype != torch.float32:
+        if not x.shape[:-1].numel():  # no rows: nothing to compute (range-reading kernels reject empty inputs)
+            return x.new_zeros(*x.shape[:-1], self.out_features)
+        if not x.is_cpu:
             return self.reference(x).to(x.dtype)
+        if x.dtype != torch.float32:  # the CPU kernels take float32 activations: compute in float32, return x's dtype
+            return self.forward(x.float()).to(x.dtype)
         if torch.compiler.is_compiling() and not self._traceable(x.numel() // self.in_features):
             return _outside_graph(self, x)
         if self.mode == "static":
@@ -196,6 +205,7 @@ class QuantLinear(_QuantBase):
         return ("dynamic_rows", self.in_features, self.out_features, 1 << max(rows - 1, 0).bit_length())
 
     def _weight_only(self, x2: torch.Tensor) -> torch.Tensor:
+        x2 = x2.contiguous()  # the packed kernels read dense rows: they reject sliced, transposed or expanded inputs
         m = x2.shape[0]
         key = ("weight_only", self.bits, self.group_size, self.in_features, self.out_features, min(m, 64))
         candidates = {"dequant_matmul": lambda: F.linear(x2, self.dequantized_weight())}
@@ -273,8 +283,12 @@ class QuantConv2d(_QuantBase):
         return F.relu(out) if self.relu else out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not x.is_cpu or x.dtype != torch.float32:
+        if x.dim() == 3:  # unbatched (C, H, W), as nn.Conv2d accepts it
+            return self.forward(x.unsqueeze(0)).squeeze(0)
+        if not x.is_cpu:
             return self.reference(x).to(x.dtype)
+        if x.dtype != torch.float32:  # the CPU kernels take float32 activations: compute in float32, return x's dtype
+            return self.forward(x.float()).to(x.dtype)
         if torch.compiler.is_compiling() and not self._traceable(x.shape[0]):
             return _outside_graph(self, x)
         if self.same_pad:
