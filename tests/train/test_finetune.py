@@ -153,3 +153,15 @@ def test_same_seed_same_run_even_after_the_loader_was_used():
     b = st.finetune(net(), loader, epochs=2, seed=4)
     assert a._slim_history.losses == b._slim_history.losses
     assert torch.equal(a[0].weight, b[0].weight)
+
+
+def test_finetune_refuses_nan_weights_and_materialises_lazy_layers():
+    batches = [(torch.randn(8, 4), torch.randint(0, 2, (8,)))]
+    bad = nn.Linear(4, 2)
+    with torch.no_grad():
+        bad.weight[0, 0] = float("nan")
+    with pytest.raises(st.DataError, match="weight"):
+        st.finetune(bad, batches, epochs=1)
+    lazy = nn.Sequential(nn.LazyLinear(3), nn.ReLU(), nn.Linear(3, 2))
+    st.finetune(lazy, batches, epochs=1)
+    assert type(lazy[0]) is nn.Linear and lazy[0].weight.shape == (3, 4)

@@ -23,6 +23,7 @@ from slimtorch._log import logger, progress
 from slimtorch.config import Config, check_range, register
 from slimtorch.data import as_loader, call, first_tensor, split_batch
 from slimtorch.errors import ConfigError, DataError
+from slimtorch.preflight import check_finite, lazy_modules, materialize
 from slimtorch.prune.masks import apply_masks, restore_masks, sparse_layers
 from slimtorch.train import distributed as ddp
 from slimtorch.train.distill import FeatureTap, feature_mse, soft_target_kl
@@ -191,7 +192,7 @@ def finetune(
 
     Raises:
         ConfigError: early stopping without a metric, or feature matching without a teacher.
-        DataError: unlabelled batches, or no trainable parameters.
+        DataError: unlabelled batches, no trainable parameters, or a NaN/Inf weight (named).
 
     Example:
         >>> import slimtorch as st, torch
@@ -203,6 +204,9 @@ def finetune(
     cfg = config or Finetune()
     n_epochs = cfg.epochs if epochs is None else epochs
     loader = as_loader(data, "train")
+    check_finite(model)
+    if lazy_modules(model):  # the first training batch gives lazy layers their shapes before the optimizer sees them
+        materialize(model, split_batch(next(iter(loader)))[0])
     if eval_fn is None and cfg.patience is not None:
         eval_fn = getattr(data, "evaluate", None)
         if eval_fn is None:
