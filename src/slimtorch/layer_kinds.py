@@ -27,7 +27,10 @@ Example:
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -167,6 +170,48 @@ def layer_kind(module: nn.Module) -> LayerKind:
         return LayerKind(found)
     return LayerKind("unknown", f"{qualified_name(type(module))} subclasses {base.__name__} with a forward of its "
                                 "own that slimtorch does not know; it is left as it is")
+
+
+_READS_CHILD_WEIGHT = re.compile(r"self\.(\w+)\.weight\b")
+
+
+@functools.cache
+def _children_weight_read(cls: type[nn.Module]) -> frozenset[str]:
+    """Attribute names ``x`` for which some ``forward`` in ``cls``'s MRO (below ``nn.Module``) reads
+    ``self.x.weight``; empty where no source is available."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if klass is nn.Module or not issubclass(klass, nn.Module) or "forward" not in vars(klass):
+            continue
+        try:
+            source = inspect.getsource(vars(klass)["forward"])
+        except (OSError, TypeError):
+            continue
+        names.update(_READS_CHILD_WEIGHT.findall(source))
+    return frozenset(names)
+
+
+def weight_readers(model: nn.Module) -> dict[str, str]:
+    """Layers whose parent reads their ``.weight`` directly in its ``forward`` (torch's ``MultiheadAttention``
+    hands ``self.out_proj.weight`` to a functional kernel, torchvision's Swin attention reads
+    ``self.qkv.weight``, Hugging Face T5 reads ``self.wo.weight.dtype``): a compressed twin without a float
+    ``weight`` would break that parent, so swapping families leave these layers as they are.
+
+    The parent's ``forward`` source (each class of its MRO, read once per class) is searched for
+    ``self.<child>.weight``; a class whose source is unavailable reads nothing.
+
+    Returns:
+        Qualified layer name mapped to the reason it stays as it is.
+    """
+    found = {}
+    for name, parent in model.named_modules():
+        for child in _children_weight_read(type(parent)):
+            if isinstance(getattr(parent, child, None), nn.Module):
+                label = name or "<model>"
+                found[f"{name}.{child}" if name else child] = (
+                    f"its parent {label} ({type(parent).__name__}) reads its .weight directly in forward; "
+                    "it stays as it is")
+    return found
 
 
 def as_plain(module: nn.Module) -> nn.Module:

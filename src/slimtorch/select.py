@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from torch import nn
 
 from slimtorch.errors import ConfigError
-from slimtorch.layer_kinds import is_transposed_linear, layer_kind
+from slimtorch.layer_kinds import is_transposed_linear, layer_kind, weight_readers
 
 Pattern = str | type
 
@@ -86,15 +86,18 @@ def swappable(
     exclude: Iterable[Pattern] = (),
 ) -> tuple[list[tuple[str, nn.Module]], dict[str, str]]:
     """:func:`select` for families that replace layers: layers whose ``forward`` slimtorch cannot reproduce
-    (subclasses with a ``forward`` of their own, see :mod:`slimtorch.layer_kinds`) are set aside.
+    (subclasses with a ``forward`` of their own, see :mod:`slimtorch.layer_kinds`) and layers whose parent
+    reads their ``.weight`` in its ``forward`` (:func:`slimtorch.layer_kinds.weight_readers`) are set aside.
 
     Returns:
         ``(chosen, skipped)``: the layers to replace, and the set-aside layer names mapped to the reason.
     """
     chosen, skipped = [], {}
+    readers = weight_readers(model)
     for name, module in select(model, types, include, exclude):
-        kind = layer_kind(module)
-        if kind.kind == "unknown":
+        if name in readers:
+            skipped[name] = readers[name]
+        elif (kind := layer_kind(module)).kind == "unknown":
             skipped[name] = kind.reason
         else:
             chosen.append((name, module))

@@ -77,6 +77,13 @@ def test_errors_name_the_way_out():
         st.LayerPruning(num_layers=0)
 
 
+def test_model_without_removable_block_is_unsupported_and_untouched():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 10))  # VGG-like
+    with pytest.raises(st.UnsupportedModelError, match="Sequential has no removable block.*candidates"):
+        st.prune(model, st.LayerPruning(), example_inputs=torch.randn(1, 3, 8, 8))
+    assert [type(m) for m in model] == [nn.Conv2d, nn.ReLU, nn.Flatten, nn.Linear]
+
+
 def test_hugging_face_layer_count_stays_and_the_limit_is_said(caplog):
     transformers = pytest.importorskip("transformers")
     cfg = transformers.BertConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,

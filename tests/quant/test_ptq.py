@@ -7,9 +7,10 @@ import torch
 from torch import nn
 
 import slimtorch as st
-from slimtorch.errors import ConfigError, DataError
+from slimtorch.errors import ConfigError, DataError, UnsupportedModelError
 from slimtorch.graph.surgery import fold_conv_bn
 from slimtorch.quant.modules import QuantConv2d, QuantLinear
+from slimtorch.summary import last_summary
 
 
 @pytest.mark.parametrize("make,field", [
@@ -30,10 +31,43 @@ def test_recipe_line_builds_the_config():
     assert cfg == st.StaticQuant(calibration_batches=32)
 
 
-def test_group_size_not_dividing_a_layer_names_it():
+def test_group_size_not_dividing_any_layer_names_them():
     model = nn.Sequential(nn.Linear(48, 8))
-    with pytest.raises(ConfigError, match="group_size=32.*'0'"):
+    with pytest.raises(ConfigError, match="group_size=32.*'0' \\(48\\)"):
         st.quantize(model, st.WeightOnlyQuant(bits=4, group_size=32))
+    assert isinstance(model[0], nn.Linear)
+
+
+def test_group_size_not_dividing_a_layer_skips_it_with_the_reason():
+    model = nn.Sequential(nn.Linear(64, 440), nn.ReLU(), nn.Linear(440, 10))  # regnet's 440-wide head
+    x = torch.randn(3, 64)
+    ref = model(x)
+    q = st.quantize(model, st.WeightOnlyQuant(bits=8, group_size=32))
+    assert isinstance(q[0], QuantLinear) and isinstance(q[2], nn.Linear)
+    summary = last_summary(q)
+    assert summary.changed == ("0",) and "group_size=32 does not divide its input dimension 440" in summary.skipped["2"]
+    assert torch.allclose(q(x), ref, atol=0.05)
+
+
+def test_group_size_not_dividing_a_layer_named_in_include_is_config_error():
+    model = nn.Sequential(nn.Linear(64, 440), nn.ReLU(), nn.Linear(440, 10))
+    with pytest.raises(ConfigError, match="group_size=32.*440.*'2'"):
+        st.quantize(model, st.WeightOnlyQuant(bits=8, group_size=32, include=("0", "2")))
+    assert isinstance(model[0], nn.Linear)
+
+
+@pytest.mark.parametrize("config", [st.DynamicQuant(), st.WeightOnlyQuant(bits=4, group_size=32)])
+def test_model_without_linear_is_unsupported_and_untouched(config):
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 1))
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(UnsupportedModelError, match="Sequential has no nn.Linear layer.*use StaticQuant"):
+        st.quantize(model, config)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_exclude_removing_every_linear_stays_config_error():
+    with pytest.raises(ConfigError, match="include/exclude/select left no nn.Linear"):
+        st.quantize(nn.Sequential(nn.Linear(4, 4)), st.DynamicQuant(exclude=("Linear",)))
 
 
 def test_static_needs_data():
@@ -138,7 +172,7 @@ def test_torch_transformer_layers_stay_usable():
     layer = nn.TransformerEncoderLayer(64, 4, 128, dropout=0.0, batch_first=True)
     model = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False).eval()
     x = torch.randn(2, 5, 64)
-    with pytest.raises(ConfigError, match="no nn.Linear"):  # its Linear layers are read by weight: kept float
+    with pytest.raises(UnsupportedModelError, match="reads its .weight"):  # its Linears are read by weight: float
         st.quantize(model, st.DynamicQuant())
     with torch.no_grad():
         assert model(x).shape == x.shape

@@ -165,15 +165,21 @@ def apply_layers(model: nn.Module, config: LayerPruning, *, data: Any = None, ex
 
     Raises:
         DataError: neither data nor example_inputs was given.
-        ConfigError: fewer candidate blocks than ``num_layers``.
-        UnsupportedModelError: the model does not run with the blocks removed (it is restored).
+        ConfigError: fewer candidate blocks than ``num_layers``, or ``candidates`` match no removable block.
+        UnsupportedModelError: the model has no removable block at all (it is untouched), or it does not run
+            with the blocks removed (it is restored).
     """
     if data is None and example_inputs is None:
         raise DataError("layer pruning scores blocks on data: pass data=<calibration batches> or example_inputs=")
     batches = list(iter_inputs(data, config.calibration_batches)) if data is not None else [example_inputs]
     example = example_inputs if example_inputs is not None else batches[0]
     was = model.training
-    blocks = find_blocks(model, example, tuple(config.candidates) + tuple(select or ()))
+    patterns = tuple(config.candidates) + tuple(select or ())
+    blocks = find_blocks(model, example, patterns)
+    if not blocks:
+        raise UnsupportedModelError(f"{type(model).__name__} has no removable block (a member of an nn.ModuleList/"
+                                    "nn.Sequential or a direct child whose output has its input's shape); LayerPruning "
+                                    "left it untouched. Name removable blocks with candidates=[...]")
     if len(blocks) < config.num_layers:
         raise ConfigError(f"LayerPruning.num_layers={config.num_layers} but only {len(blocks)} removable blocks "
                           f"were found ({sorted(blocks)}); lower num_layers or name candidates=[...]")

@@ -17,7 +17,7 @@ from slimtorch._log import logger, progress
 from slimtorch.api import handler
 from slimtorch.config import Config
 from slimtorch.data import iter_inputs, run_hooked
-from slimtorch.errors import ConfigError, DataError
+from slimtorch.errors import ConfigError, DataError, UnsupportedModelError
 from slimtorch.graph.surgery import replace_layer
 from slimtorch.layer_kinds import as_plain, is_transposed_linear
 from slimtorch.quant.config import DynamicQuant, StaticQuant, WeightOnlyQuant
@@ -25,6 +25,7 @@ from slimtorch.quant.modules import QuantConv2d, QuantLinear
 from slimtorch.quant.observers import make_observer
 from slimtorch.quant.packing import pack_int4
 from slimtorch.quant.qparams import choose_qparams, minmax, quantize
+from slimtorch.select import select as select_layers
 from slimtorch.select import swappable
 from slimtorch.summary import StepSummary, record
 
@@ -49,34 +50,39 @@ def quantize_weight(
     return quantize(w, scale, zero, bits=bits, signed=True, axis=0, group_size=group_size), scale, zero
 
 
-_WEIGHT_READERS = {
-    nn.MultiheadAttention: ("out_proj",),
-    nn.TransformerEncoderLayer: ("linear1", "linear2"),
-    nn.TransformerDecoderLayer: ("linear1", "linear2"),
-}
-
-
 def chosen_layers(model: nn.Module, config: Config, types: list[type], select: Sequence[str] | None
                   ) -> tuple[list[tuple[str, nn.Module]], dict[str, str]]:
     """Layers of ``types`` picked by the config's include/exclude (or the verb's ``select``).
 
     GPT-2's ``Conv1D`` counts as a Linear and TensorFlow-"same" padded convolutions as Conv2d (their twins are
-    built from :func:`slimtorch.layer_kinds.as_plain`); subclasses with a ``forward`` slimtorch does not know
-    are left as they are.
+    built from :func:`slimtorch.layer_kinds.as_plain`); subclasses with a ``forward`` slimtorch does not know,
+    and layers whose parent reads their ``.weight`` (``nn.MultiheadAttention.out_proj``), stay float.
 
     Returns:
         ``(chosen, skipped)``: ``(name, module)`` pairs to quantize, and the layers left float mapped to why.
     """
     include = config.include if config.include is not None else select
-    # torch's MultiheadAttention and Transformer*Layer read these layers' .weight directly: they stay float
-    reads_weight = {f"{n}.{child}" for n, m in model.named_modules() for child in _WEIGHT_READERS.get(type(m), ())}
-    chosen, skipped = swappable(model, types, include=include, exclude=config.exclude)
-    kept = [n for n, _ in chosen if n in reads_weight]
-    if kept:
-        logger.warning("%s: %d layers stay float because torch's attention/transformer modules read their weight "
-                       "directly (%s)", type(config).__name__, len(kept), ", ".join(kept[:4]))
-    skipped.update({n: "torch's attention/transformer module reads its weight directly" for n in kept})
-    return [(n, m) for n, m in chosen if n not in reads_weight], skipped
+    return swappable(model, types, include=include, exclude=config.exclude)
+
+
+def nothing_chosen(model: nn.Module, config: Config, types: list[type], skipped: dict[str, str]
+                   ) -> ConfigError | UnsupportedModelError:
+    """The error for a step that found no layer to quantize (the model is left untouched).
+
+    Returns:
+        :class:`UnsupportedModelError` when the model has no layer of ``types`` at all, or every one must stay
+        float (the reasons listed); :class:`ConfigError` when include/exclude/select removed every candidate.
+    """
+    kinds = " or ".join(f"nn.{t.__name__}" for t in types)
+    step, model_name = type(config).__name__, type(model).__name__
+    if not select_layers(model, types):
+        hint = "" if nn.Conv2d in types else " — use StaticQuant for convolutions"
+        return UnsupportedModelError(f"{model_name} has no {kinds} layer; {step} quantizes only {kinds}{hint}")
+    if skipped:
+        reasons = "; ".join(f"{n}: {why}" for n, why in list(skipped.items())[:4])
+        return UnsupportedModelError(f"{step}: every {kinds} layer of {model_name} it was pointed at must stay "
+                                     f"as it is ({reasons}{'; ...' if len(skipped) > 4 else ''})")
+    return ConfigError(f"{step}: include/exclude/select left no {kinds} layer to quantize; check them")
 
 
 def string_padding(layer: nn.Module) -> str | None:
@@ -165,18 +171,37 @@ def calibrate(model: nn.Module, names: list[str], data: Any, num_batches: int, o
     return {n: observers[n].range(8, signed=False) for n in names}
 
 
-def check_group_size(config: Config, chosen: list[tuple[str, nn.Module]]) -> None:
-    """Refuse a ``group_size`` that does not divide a chosen Linear's (or GPT-2 ``Conv1D``'s) input width.
+def check_group_size(config: Config, chosen: list[tuple[str, nn.Module]], select: Sequence[str] | None = None
+                     ) -> tuple[list[tuple[str, nn.Module]], dict[str, str]]:
+    """Set aside chosen Linears (or GPT-2 ``Conv1D``s) whose input width ``group_size`` does not divide.
+
+    Returns:
+        ``(kept, skipped)``: the layers ``group_size`` fits, and the others mapped to the reason.
 
     Raises:
-        ConfigError: naming the layer and its input width.
+        ConfigError: such a layer was named explicitly in ``include`` (or ``select``), or no layer fits.
     """
     group = getattr(config, "group_size", None)
+    if not group:
+        return chosen, {}
+    named = set(map(str, config.include if config.include is not None else select or ()))
+    step = type(config).__name__
+    kept, skipped, widths = [], {}, {}
     for name, layer in chosen:
         width = layer.weight.shape[0] if is_transposed_linear(layer) else layer.in_features
-        if group and width % group:
-            raise ConfigError(f"{type(config).__name__}.group_size={group} does not divide the input dimension "
-                              f"{width} of layer {name!r}; pick a divisor or exclude the layer")
+        if not width % group:
+            kept.append((name, layer))
+            continue
+        if name in named:
+            raise ConfigError(f"{step}.group_size={group} does not divide the input dimension {width} of layer "
+                              f"{name!r}; pick a divisor or exclude the layer")
+        skipped[name] = f"group_size={group} does not divide its input dimension {width}; it stays float"
+        widths[name] = width
+    if skipped and not kept:
+        named_widths = ", ".join(f"{n!r} ({w})" for n, w in list(widths.items())[:4])
+        raise ConfigError(f"{step}.group_size={group} divides the input dimension of none of the chosen layers "
+                          f"({named_widths}); pick a divisor or group_size=None (one scale per channel)")
+    return kept, skipped
 
 
 def static_layers(model: nn.Module, config: StaticQuant, select: Sequence[str] | None
@@ -194,7 +219,8 @@ def apply_static(model: nn.Module, config: StaticQuant, *, data: Any = None, exa
 
     Raises:
         DataError: no calibration data.
-        ConfigError: no Linear or Conv2d layer to quantize.
+        UnsupportedModelError: the model has no Linear or Conv2d layer at all, or every one must stay float.
+        ConfigError: include/exclude/select left no Linear or Conv2d layer to quantize.
     """
     if data is None:
         raise DataError("StaticQuant needs calibration data: st.quantize(model, StaticQuant(), data=loader)")
@@ -208,8 +234,7 @@ def apply_static(model: nn.Module, config: StaticQuant, *, data: Any = None, exa
         logger.info("StaticQuant: folded %d BatchNorm layers into their convolutions", len(folded))
     chosen, skipped = static_layers(model, config, select)
     if not chosen:
-        raise ConfigError(f"StaticQuant: no Linear or Conv2d layer to quantize (skipped: {skipped or 'none'}); "
-                          "check include/exclude/select")
+        raise nothing_chosen(model, config, [nn.Linear, nn.Conv2d], skipped)
     names = [n for n, _ in chosen]
     fused = fuse_relus(model, example_inputs, set(names)) if config.fuse_relu and example_inputs is not None else set()
     ranges = calibrate(model, names, data, config.calibration_batches, config.observer, config.percentile)
@@ -234,12 +259,12 @@ def apply_dynamic(model: nn.Module, config: DynamicQuant, *, data: Any = None, e
     weights, activations quantized per token at run time (no data needed).
 
     Raises:
-        ConfigError: no Linear layer to quantize.
+        UnsupportedModelError: the model has no nn.Linear at all, or every one must stay float.
+        ConfigError: include/exclude/select left no Linear layer to quantize.
     """
     chosen, skipped = chosen_layers(model, config, [nn.Linear], select)
     if not chosen:
-        raise ConfigError(f"DynamicQuant: no nn.Linear layer to quantize (skipped: {skipped or 'none'}); "
-                          "check include/exclude/select")
+        raise nothing_chosen(model, config, [nn.Linear], skipped)
     for name, layer in chosen:
         replace_layer(model, name, quant_linear(as_plain(layer), mode="dynamic",
                                                 per_token=config.activations == "token"))
@@ -253,15 +278,18 @@ def apply_weight_only(model: nn.Module, config: WeightOnlyQuant, *, data: Any = 
                       select: Sequence[str] | None = None, seed: int = 0) -> nn.Module:
     """Handler of ``st.quantize`` for :class:`WeightOnlyQuant`: integer weights (int4 packed), float activations.
 
+    Layers whose input width ``group_size`` does not divide stay float (listed in the step's summary).
+
     Raises:
-        ConfigError: no Linear layer to quantize, or ``group_size`` does not divide a chosen layer's input
-            dimension.
+        UnsupportedModelError: the model has no nn.Linear at all, or every one must stay float.
+        ConfigError: include/exclude/select left no Linear layer, or ``group_size`` does not divide the input
+            dimension of a layer named in include (or of any chosen layer).
     """
     chosen, skipped = chosen_layers(model, config, [nn.Linear], select)
     if not chosen:
-        raise ConfigError(f"WeightOnlyQuant: no nn.Linear layer to quantize (skipped: {skipped or 'none'}); "
-                          "check include/exclude/select")
-    check_group_size(config, chosen)
+        raise nothing_chosen(model, config, [nn.Linear], skipped)
+    chosen, misfits = check_group_size(config, chosen, select)
+    skipped.update(misfits)
     for name, layer in chosen:
         replace_layer(model, name, quant_linear(as_plain(layer), mode="weight_only", bits=config.bits,
                                                 group_size=config.group_size))

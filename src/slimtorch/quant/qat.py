@@ -125,7 +125,8 @@ def _prepare_linear(model: nn.Module, config: Config, *, data: Any = None, selec
     mode = "dynamic" if isinstance(config, DynamicQuant) else "weight_only"
     group = getattr(config, "group_size", None)
     chosen, skipped = chosen_layers(model, config, [nn.Linear], select)
-    check_group_size(config, chosen)
+    chosen, misfits = check_group_size(config, chosen, select)
+    skipped.update(misfits)
     for name, layer in chosen:
         replace_layer(model, name, FakeQuantLinear(as_plain(layer), bits=config.bits, group_size=group, mode=mode))
     logger.info("prepare_qat(%s): %d Linear layers", type(config).__name__, len(chosen))
