@@ -107,3 +107,11 @@ def test_a_model_whose_every_linear_is_read_is_unsupported_and_untouched():
     with pytest.raises(st.UnsupportedModelError, match="TransformerEncoder it was pointed at.*reads its .weight"):
         st.quantize(model, st.DynamicQuant())
     assert not any(type(m).__module__.startswith("slimtorch") for m in model.modules())
+
+
+def test_a_parent_without_source_reads_nothing():
+    namespace = {"nn": nn, "torch": torch}
+    exec("class NoSource(nn.Module):\n    def __init__(self):\n        super().__init__()\n"  # noqa: S102 - no file
+         "        self.proj = nn.Linear(4, 4)\n    def forward(self, x):\n        return x @ self.proj.weight\n",
+         namespace)
+    assert weight_readers(namespace["NoSource"]()) == {}

@@ -11,6 +11,7 @@ from slimtorch.errors import ConfigError
 from slimtorch.quant.fake import FakeQuantConv2d, FakeQuantLinear
 from slimtorch.quant.modules import QuantConv2d, QuantLinear
 from slimtorch.quant.qat import QAT, register_qat
+from slimtorch.summary import last_summary
 
 
 def test_untrained_convert_equals_ptq_weight_only():
@@ -58,3 +59,10 @@ def test_int4_qat_at_least_as_good_as_ptq(digits_mlp):
     assert sum(isinstance(x, FakeQuantLinear) for x in m.modules()) == 3
     st.finetune(m, data, teacher=model, epochs=1)
     assert data.evaluate(st.convert(m)) >= ptq - 0.003
+
+
+def test_prepare_qat_skips_layers_group_size_does_not_fit():
+    model = nn.Sequential(nn.Linear(64, 40), nn.ReLU(), nn.Linear(40, 10))
+    st.prepare_qat(model, st.WeightOnlyQuant(bits=4, group_size=32))
+    assert isinstance(model[0], FakeQuantLinear) and type(model[2]) is nn.Linear
+    assert "does not divide its input dimension 40" in last_summary(model).skipped["2"]
