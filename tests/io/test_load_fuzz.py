@@ -187,7 +187,7 @@ def manifest_fields(draw, blob: bytes) -> bytes:
         manifest["version"] = draw(hs.sampled_from([0, 1, 2, 4, -3, "3", None, 3.0, True]))
     elif kind == "top":
         key = draw(hs.sampled_from(["format", "modules", "attrs", "tied", "sparse", "training", "sha256", "tree",
-                                    "extra", "new_field"]))
+                                    "extra", "versions", "new_field"]))
         if draw(hs.booleans()) and key in manifest:
             del manifest[key]
         else:

@@ -33,6 +33,8 @@ HEAD_COUNTS = frozenset({"num_heads", "num_attention_heads", "n_head", "n_heads"
                          "num_kv_heads", "n_kv_heads"})
 #: heads x head width: compared with the channel count of head groups
 HEAD_WIDTHS = frozenset({"all_head_size", "attn_dim", "inner_dim", "kv_dim", "split_size"})
+#: one head's width: kept (whole heads are removed), recorded with a holder's rewritten widths
+HEAD_DIMS = frozenset({"attention_head_size", "head_dim", "head_size"})
 #: the residual (model) width, shared by the layers
 MODEL_WIDTHS = frozenset({"hidden_size", "hidden_dim", "embed_dim", "d_model", "n_embd", "num_features"})
 #: a layer's own width (the MLP's hidden neurons)
@@ -69,10 +71,18 @@ def rewrite_widths(model: nn.Module, graph: ChannelGraph, keep: Mapping[int, tor
         where = path or type(module).__name__
         if _rewrite(module, path, where, groups, set_tracked_attr, done):  # tracked: st.load sets them again
             _recount_kv_groups(module, where, set_tracked_attr, done)
+            for attr in sorted(HEAD_DIMS & vars(module).keys()):  # unchanged, but a model built from the pruned
+                if isinstance(vars(module)[attr], int):  # config would derive it as hidden_size / heads
+                    set_tracked_attr(module, attr, vars(module)[attr])
     for path, config in _configs(model).items():
         where = f"{path}.config" if path else "config"
-        if _rewrite(config, path, where, groups, setattr, done):
-            _recount_kv_groups(config, where, setattr, done)
+        owner = model.get_submodule(path)
+
+        def set_config(_: object, attr: str, value: int, owner: nn.Module = owner) -> None:
+            set_tracked_attr(owner, f"config.{attr}", value)  # tracked on the module: st.load sets it again
+
+        if _rewrite(config, path, where, groups, set_config, done):
+            _recount_kv_groups(config, where, set_config, done)
     if done:
         logger.info("structured pruning rewrote width attributes: %s", ", ".join(done))
     return done

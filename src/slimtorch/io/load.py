@@ -12,6 +12,7 @@ import itertools
 import json
 import math
 import os
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +30,8 @@ from slimtorch.io.save import SPARSE_VALUES, SPARSE_WHERE, artifact_path, digest
 _IDENTITY = "torch.nn.Identity"
 #: slack (bytes) above the original module's size that a module rebuilt from the manifest may take
 _REBUILD_SLACK = 1 << 20
+#: values a recorded attribute of a held object (``config.hidden_size``) may have and take
+_PLAIN = (bool, int, float, str)
 
 
 def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
@@ -168,7 +171,16 @@ def _rebuild(model: nn.Module, modules: dict[str, dict[str, Any]], file_bytes: C
 
 def _plain_attribute(module: nn.Module, key: str) -> bool:
     """Whether ``key`` names a plain data attribute of ``module`` (its own, or a class-level default such as
-    ``same_pad = False``): never a parameter, buffer, submodule, method, property or private name."""
+    ``same_pad = False``): never a parameter, buffer, submodule, method, property or private name. A dotted
+    ``holder.field`` names a plain ``bool``/``int``/``float``/``str`` field of a plain object the module holds
+    (a Hugging Face ``config``)."""
+    holder, dot, field = key.partition(".")
+    if dot:
+        obj = vars(module).get(holder)
+        if (holder.startswith("_") or field.startswith("_") or "." in field or obj is None or callable(obj)
+                or isinstance(obj, (nn.Module, torch.Tensor, *_PLAIN))):
+            return False
+        return field in getattr(obj, "__dict__", {}) and isinstance(vars(obj)[field], _PLAIN)
     if key.startswith("_") or key == "training" or any(key in d for d in (module._parameters, module._buffers,
                                                                            module._modules)):
         return False
@@ -184,7 +196,7 @@ def _set_attrs(model: nn.Module, attrs: dict[str, dict[str, Any]]) -> None:
             raise ArtifactError(f"the architecture given has no module {mpath!r} recorded in the file; "
                                 f"{architecture.FIX}") from None
         for key, value in values.items():
-            if not _plain_attribute(owner, key):
+            if not _plain_attribute(owner, key) or ("." in key and not isinstance(value, _PLAIN)):
                 raise ArtifactError(f"the file sets attribute {key!r} of module {mpath!r} ({type(owner).__name__}), "
                                     f"which has no such plain attribute; {architecture.FIX}")
             manifest.set_tracked_attr(owner, key, value)
@@ -202,6 +214,22 @@ def _fit_tensor_shapes(model: nn.Module, state: dict[str, torch.Tensor]) -> None
                 setattr(owner, attr, nn.Parameter(empty, requires_grad=current.requires_grad))
             else:
                 owner.register_buffer(attr, empty)
+
+
+def _fresh_copies(state: dict[str, torch.Tensor], versions: dict[str, dict[str, int]] | None) -> OrderedDict:
+    """The state dict to load: every tensor copied into its own storage (tensors read from the file sit at
+    unaligned addresses inside its buffer, where oneDNN/MKL kernels round differently: outputs would not be
+    bit-exact), tied tensors still one tensor, with the saved module versions as ``_metadata`` (modules such as
+    torchvision's MNASNet read them)."""
+    copies: dict[int, torch.Tensor] = {}
+    fresh = OrderedDict()
+    for name, t in state.items():
+        if id(t) not in copies:
+            copies[id(t)] = t.clone(memory_format=torch.contiguous_format)
+        fresh[name] = copies[id(t)]
+    if versions is not None:
+        fresh._metadata = OrderedDict((prefix, dict(entry)) for prefix, entry in versions.items())
+    return fresh
 
 
 def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
@@ -251,7 +279,7 @@ def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
     _set_attrs(model, header.get("attrs", {}))
     kept = {name for name, m in model.named_modules() if classes.get(name) is type(m)}
     architecture.check_tensors(saved, model, before, kept, set(modules))
-    state = _dense_state(header, data)
+    state = _fresh_copies(_dense_state(header, data), header.get("versions"))
     _fit_tensor_shapes(model, state)
     try:
         result = model.load_state_dict(state, strict=False, assign=True)

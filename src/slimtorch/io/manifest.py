@@ -18,7 +18,8 @@ from slimtorch.io.sparse_storage import FORMS
 
 FORMAT = "slimtorch"
 #: 2: sparse tensors record their form ("bits" or "index"); 3: the module tree (``tree``) is recorded and the
-#: checksum covers the manifest too. Files of every earlier version still load.
+#: checksum covers the manifest too. Files of every earlier version still load. Optional fields (``versions``:
+#: the state dict's module versions) may be missing from any version.
 VERSION = 3
 
 #: registered compressed module classes, by class name
@@ -143,8 +144,10 @@ def build(entry: dict[str, Any], path: str) -> nn.Module:
 
 def set_tracked_attr(module: nn.Module, name: str, value: int | float | str | bool | list) -> None:
     """Set a plain attribute of a user module (e.g. ``num_heads`` after head pruning) and record it, so that
-    ``slimtorch.load`` sets it again on the original architecture."""
-    setattr(module, name, value)
+    ``slimtorch.load`` sets it again on the original architecture. A dotted ``holder.field`` sets a field of a
+    plain object the module holds (``config.hidden_size`` of a Hugging Face model's config)."""
+    holder, dot, field = name.partition(".")
+    setattr(getattr(module, holder) if dot else module, field if dot else name, value)
     tracked = module.__dict__.setdefault("_slim_attrs", {})
     tracked[name] = value
 
@@ -172,6 +175,11 @@ def _tree(value: Any) -> bool:
     return well_formed and len({r[0] for r in rows}) == len(rows)
 
 
+def _version_entry(value: Any) -> bool:
+    return (isinstance(value, dict) and set(value) == {"version"} and isinstance(value["version"], int)
+            and not isinstance(value["version"], bool))
+
+
 def _dict_of(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
     return lambda value: isinstance(value, dict) and all(check(v) for v in value.values())
 
@@ -188,6 +196,7 @@ FIELDS: dict[str, tuple[int | None, Callable[[Any], bool], str]] = {
     "sha256": (None, lambda v: isinstance(v, str), "a hex string"),
     "tree": (3, _tree, 'an object {"types": [str], "modules": [[unique name, index into types]]}'),
     "extra": (None, lambda v: isinstance(v, dict), "an object"),
+    "versions": (None, _dict_of(_version_entry), 'an object of module name -> {"version": int}'),
 }
 
 

@@ -42,6 +42,13 @@ def digest(tensors: dict[str, torch.Tensor], signed: dict[str, Any] | None = Non
     return h.hexdigest()
 
 
+def _versions(state: dict[str, torch.Tensor]) -> dict[str, dict[str, int]]:
+    """The module versions of a state dict (its ``_metadata``: module name -> ``{"version": int}``), which some
+    modules' ``_load_from_state_dict`` read (torchvision's MNASNet requires them)."""
+    return {prefix: {"version": entry["version"]} for prefix, entry in getattr(state, "_metadata", {}).items()
+            if isinstance(entry.get("version"), int) and not isinstance(entry["version"], bool)}
+
+
 def save(
     model: nn.Module,
     path: str | os.PathLike,
@@ -55,8 +62,8 @@ def save(
     rebuild pruned, decomposed and quantized layers on top of the original architecture; the whole module tree
     (every module's name and class) is recorded too, so that ``slimtorch.load`` refuses another architecture.
     Tensors that are mostly zeros are stored as a bitmask or positions plus values. A SHA-256 checksum covers
-    the tensors and the manifest. The file is written to a temporary name and renamed, so a crash never leaves
-    a half-written artifact.
+    the tensors and the manifest. Module versions (the state dict's ``_metadata``) are recorded too. The file is
+    written to a temporary name and renamed, so a crash never leaves a half-written artifact.
 
     Args:
         model: the model to save; it is not changed.
@@ -86,7 +93,8 @@ def save(
     tied: dict[str, str] = {}
     sparse_names: dict[str, list[int]] = {}
     seen: dict[tuple, str] = {}
-    for name, t in model.state_dict(keep_vars=False).items():
+    state = model.state_dict(keep_vars=False)
+    for name, t in state.items():
         if t is None:
             continue
         if t.is_quantized:
@@ -121,6 +129,7 @@ def save(
         "tied": tied,
         "sparse": sparse_names,
         "tree": architecture.module_tree(model),
+        "versions": _versions(state),
         "extra": extra or {},
     }
     header = json.loads(json.dumps(header))  # the manifest as load reads it back (string keys, lists), then signed
