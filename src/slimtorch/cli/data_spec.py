@@ -82,13 +82,9 @@ def check_data_spec(spec: str) -> str:
     """
     forms = "use zoo:NAME, an image folder, or package.module:function"
     if spec.startswith("zoo:"):
-        from slimtorch import zoo
-        from slimtorch.config import suggest
+        from slimtorch.cli.model_spec import check_zoo_spec
 
-        name = spec[4:]
-        if name not in zoo.names():
-            raise DataError(f"no zoo data set {name!r}{suggest(name, zoo.names())}; the zoo has {zoo.names()}")
-        return spec
+        return check_zoo_spec(spec, "data set", DataError)
     path = Path(spec)
     if path.is_dir():
         return spec

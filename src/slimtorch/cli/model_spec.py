@@ -72,6 +72,21 @@ def load_state_file(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def check_zoo_spec(spec: str, what: str, error: type[Exception]) -> str:
+    """Check that ``zoo:NAME`` names a zoo entry; returns ``spec``.
+
+    Raises:
+        error: an unknown name, with the close match and the zoo's names (``what`` is "model" or "data set").
+    """
+    from slimtorch import zoo
+    from slimtorch.config import suggest
+
+    name = spec[4:]
+    if name not in zoo.names():
+        raise error(f"no zoo {what} {name!r}{suggest(name, zoo.names())}; the zoo has {zoo.names()}")
+    return spec
+
+
 def check_model_spec(spec: str) -> str:
     """Check the form of a CLI model spec without building anything; returns it.
 
@@ -81,13 +96,7 @@ def check_model_spec(spec: str) -> str:
     """
     forms = "use zoo:NAME, package.module:factory, or a Hugging Face model folder"
     if spec.startswith("zoo:"):
-        from slimtorch import zoo
-        from slimtorch.config import suggest
-
-        name = spec[4:]
-        if name not in zoo.names():
-            raise ConfigError(f"no zoo model {name!r}{suggest(name, zoo.names())}; the zoo has {zoo.names()}")
-        return spec
+        return check_zoo_spec(spec, "model", ConfigError)
     path = Path(spec)
     if path.is_dir():
         if not (path / "config.json").is_file():
