@@ -71,8 +71,8 @@ def write_report(record: RunRecord, out_dir: str | Path, *, title: str = "slimto
     md = [f"# {title}", "", "## Before and after", "", comparison.to_markdown(), "## Stages", "",
           "| " + " | ".join(STAGE_COLUMNS) + " |", "|" + "---|" * len(STAGE_COLUMNS)]
     md += ["| " + " | ".join(row) + " |" for row in stage_rows]
-    md += ["", "## Plots", "", "![accuracy and latency vs size](tradeoff.png)", "",
-           "![per-layer effect](layers.png)", ""]
+    md += ["", "## Plots", "", f"![{PLOT_CAPTIONS['tradeoff']}](tradeoff.png)", "",
+           f"![{PLOT_CAPTIONS['layers']}](layers.png)", ""]
     if artifacts:
         md += ["## Artifacts", ""] + [f"- {k}: `{v}`" for k, v in artifacts.items()] + [""]
     md += [_footnote(record.after)]
@@ -90,6 +90,10 @@ def _footnote(m: Metrics) -> str:
             "size is the bytes of the saved safetensors artifact._")
 
 
+PLOT_CAPTIONS = {"tradeoff": "Accuracy and latency against saved size, one marker per step.",
+                 "layers": "Per-layer effect: weights before and after, sparsity, bits per weight."}
+
+
 def _table(header: list[str], rows: list[list[str]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
@@ -99,8 +103,9 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 def _html(title: str, comparison: Any, stage_rows: list[list[str]], plots: list[Path],
           artifacts: dict[str, str], after: Metrics) -> str:
     images = "".join(
-        f'<figure><img alt="{p.stem}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">'
-        f"<figcaption>{p.stem}</figcaption></figure>"
+        f'<figure><img alt="{html.escape(PLOT_CAPTIONS[p.stem])}" '
+        f'src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">'
+        f"<figcaption>{html.escape(PLOT_CAPTIONS[p.stem])}</figcaption></figure>"
         for p in plots
     )
     arts = "".join(f"<li>{html.escape(k)}: <code>{html.escape(v)}</code></li>" for k, v in artifacts.items())

@@ -20,8 +20,46 @@ def _save(fig: Any, path: Path) -> Path:
     return publish(tmp, path)
 
 
+def tradeoff_figure(points: list[dict[str, Any]]) -> Any:
+    """Accuracy (points, 0-100) and latency against saved size (MiB, log scale), one marker per step.
+
+    Steps are told apart by a numbered legend outside the axes, not by text beside the markers, so labels of
+    points that land close together (a fine-tune that keeps the size of the prune before it) never overlap.
+
+    Args:
+        points: ``{"label", "size_bytes", "accuracy", "latency_ms"}`` per step (accuracy may be None).
+
+    Returns:
+        The matplotlib figure (not yet saved).
+    """
+    fig, (ax_acc, ax_lat) = plt.subplots(1, 2, figsize=(11, 4))
+    sizes = [p["size_bytes"] / 2**20 for p in points]
+    markers = "osD^v<>pPX*h"
+    for ax, key, ylabel, scale in ((ax_acc, "accuracy", "accuracy (%)", 100.0),
+                                   (ax_lat, "latency_ms", "median latency (ms)", 1.0)):
+        values = [None if p.get(key) is None else p[key] * scale for p in points]
+        xs = [s for s, v in zip(sizes, values, strict=True) if v is not None]
+        ys = [v for v in values if v is not None]
+        ax.plot(xs, ys, "-", color="#999999", zorder=1)
+        for i, (p, s, v) in enumerate(zip(points, sizes, values, strict=True)):
+            if v is not None:
+                ax.plot([s], [v], markers[i % len(markers)], color=f"C{i % 10}", markersize=8, label=p["label"],
+                        zorder=2)
+        ax.set_xscale("log")
+        ax.set_xlabel("saved size (MiB, log scale)")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+    ax_acc.set_title("accuracy vs size, step by step")
+    ax_lat.set_title("latency vs size, step by step")
+    handles = {h.get_label(): h for ax in (ax_acc, ax_lat) for h in ax.get_lines()[1:]}
+    fig.legend(list(handles.values()), list(handles), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=9,
+               title="step")
+    fig.tight_layout()
+    return fig
+
+
 def plot_tradeoff(points: list[dict[str, Any]], path: str | Path) -> Path:
-    """Accuracy (points, 0-100) against saved size (MiB, log scale), one marker per stage, joined in order.
+    """Write :func:`tradeoff_figure` as a PNG.
 
     Args:
         points: ``{"label", "size_bytes", "accuracy", "latency_ms"}`` per step (accuracy may be None).
@@ -30,36 +68,20 @@ def plot_tradeoff(points: list[dict[str, Any]], path: str | Path) -> Path:
     Returns:
         The path written.
     """
-    fig, (ax_acc, ax_lat) = plt.subplots(1, 2, figsize=(10, 4))
-    sizes = [p["size_bytes"] / 2**20 for p in points]
-    for ax, key, ylabel, scale in ((ax_acc, "accuracy", "accuracy (%)", 100.0),
-                                   (ax_lat, "latency_ms", "median latency (ms)", 1.0)):
-        values = [None if p.get(key) is None else p[key] * scale for p in points]
-        xs = [s for s, v in zip(sizes, values, strict=True) if v is not None]
-        ys = [v for v in values if v is not None]
-        ax.plot(xs, ys, "-o", color="#1f77b4")
-        for p, s, v in zip(points, sizes, values, strict=True):
-            if v is not None:
-                ax.annotate(p["label"], (s, v), textcoords="offset points", xytext=(4, 6), fontsize=8)
-        ax.set_xscale("log")
-        ax.set_xlabel("saved size (MiB, log scale)")
-        ax.set_ylabel(ylabel)
-        ax.grid(True, alpha=0.3)
-    ax_acc.set_title("accuracy vs size, stage by stage")
-    ax_lat.set_title("latency vs size, stage by stage")
-    return _save(fig, Path(path))
+    return _save(tradeoff_figure(points), Path(path))
 
 
-def plot_layers(before: list[dict[str, Any]], after: list[dict[str, Any]], path: str | Path) -> Path:
-    """Per-layer bars: parameters before and after, sparsity, and bits (and rank when any layer has one).
+def layers_figure(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> Any:
+    """Per-layer horizontal bars: weights before and after, sparsity (%), bits (and rank when any layer has one).
+
+    Every bar row carries its layer name on the shared y axis, top to bottom in model order.
 
     Args:
         before: ``measure.layers.layer_table`` of the original model.
         after: the same for the compressed model.
-        path: the PNG to write.
 
     Returns:
-        The path written.
+        The matplotlib figure (not yet saved).
     """
     names = [row["name"] for row in before]
     after_by_name = {row["name"]: row for row in after}
@@ -78,25 +100,43 @@ def plot_layers(before: list[dict[str, Any]], after: list[dict[str, Any]], path:
 
     has_rank = any(row.get("rank") for row in after)
     panels = 4 if has_rank else 3
-    fig, axes = plt.subplots(panels, 1, figsize=(max(8, 0.45 * len(names)), 2.6 * panels), sharex=True)
-    xs = range(len(names))
+    fig, axes = plt.subplots(1, panels, figsize=(3.2 * panels + 2, max(3.0, 0.32 * len(names) + 1.2)),
+                             sharey=True)
+    ys = list(range(len(names)))
     before_params = {row["name"]: row["params"] for row in before}
-    axes[0].bar([x - 0.2 for x in xs], [before_params.get(n, 0) for n in names], width=0.4, label="before")
-    axes[0].bar([x + 0.2 for x in xs], [after_value(n, "nonzero") or after_value(n, "params") for n in names],
-                width=0.4, label="after (non-zero)")
-    axes[0].set_ylabel("weights")
-    axes[0].set_yscale("log")
+    axes[0].barh([y - 0.2 for y in ys], [before_params.get(n, 0) for n in names], height=0.4, label="before")
+    axes[0].barh([y + 0.2 for y in ys], [after_value(n, "nonzero") or after_value(n, "params") for n in names],
+                 height=0.4, label="after (non-zero)")
+    axes[0].set_xlabel("weights (log scale)")
+    axes[0].set_xscale("log")
     axes[0].legend(fontsize=8)
-    axes[1].bar(xs, [100 * after_value(n, "sparsity") for n in names], color="#d62728")
-    axes[1].set_ylabel("sparsity (%)")
-    axes[2].bar(xs, [after_value(n, "bits", 32) for n in names], color="#2ca02c")
-    axes[2].set_ylabel("bits per weight")
+    axes[1].barh(ys, [100 * after_value(n, "sparsity") for n in names], color="#d62728")
+    axes[1].set_xlabel("sparsity (%)")
+    axes[1].set_xlim(0, 100)
+    axes[2].barh(ys, [after_value(n, "bits", 32) for n in names], color="#2ca02c")
+    axes[2].set_xlabel("bits per weight")
     if has_rank:
-        axes[3].bar(xs, [after_value(n, "rank") for n in names], color="#9467bd")
-        axes[3].set_ylabel("rank")
-    axes[-1].set_xticks(list(xs))
-    axes[-1].set_xticklabels(names, rotation=60, ha="right", fontsize=8)
+        axes[3].barh(ys, [after_value(n, "rank") for n in names], color="#9467bd")
+        axes[3].set_xlabel("rank")
+    axes[0].set_yticks(ys)
+    axes[0].set_yticklabels(names, fontsize=8)
+    axes[0].invert_yaxis()
     for ax in axes:
-        ax.grid(True, axis="y", alpha=0.3)
-    axes[0].set_title("per-layer effect of compression")
-    return _save(fig, Path(path))
+        ax.grid(True, axis="x", alpha=0.3)
+    fig.suptitle("per-layer effect of compression")
+    fig.tight_layout()
+    return fig
+
+
+def plot_layers(before: list[dict[str, Any]], after: list[dict[str, Any]], path: str | Path) -> Path:
+    """Write :func:`layers_figure` as a PNG.
+
+    Args:
+        before: ``measure.layers.layer_table`` of the original model.
+        after: the same for the compressed model.
+        path: the PNG to write.
+
+    Returns:
+        The path written.
+    """
+    return _save(layers_figure(before, after), Path(path))
