@@ -60,6 +60,12 @@ def test_tradeoff_plot_labels_never_overlap_even_for_coincident_points():
     assert sorted(t.get_text() for t in labels) == ["1:prune", "2:finetune", "original"]
     boxes = [t.get_window_extent(renderer) for t in labels]
     assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    for ax in fig.axes:  # size tick labels are plain numbers that do not run into each other either
+        ticks = [t for t in ax.get_xticklabels(minor=True) + ax.get_xticklabels() if t.get_text() and
+                 ax.get_xlim()[0] <= t.get_position()[0] <= ax.get_xlim()[1]]
+        assert ticks and all("^" not in t.get_text() for t in ticks)
+        boxes = [t.get_window_extent(renderer) for t in ticks]
+        assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
     assert fig.axes[0].get_ylabel() == "accuracy (%)"
     assert [round(line.get_ydata()[0], 3) for line in fig.axes[0].get_lines()[1:]] == [95.0, 90.0, 90.5]
 

@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -46,6 +47,9 @@ def tradeoff_figure(points: list[dict[str, Any]]) -> Any:
                 ax.plot([s], [v], markers[i % len(markers)], color=f"C{i % 10}", markersize=8, label=p["label"],
                         zorder=2)
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))  # plain 0.2, 0.5, 1 labels, few enough
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("saved size (MiB, log scale)")
         ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.3)
