@@ -108,13 +108,16 @@ def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 # ----------------------------------------------------------------------------------------------- checks
 def _weights(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
-    """Weights of the layers the families touch (Linear, Conv, HF Conv1D), as the model computes with them."""
+    """Weights of the layers the families touch (Linear, Conv, HF Conv1D), as ``[out, in, ...]``: Hugging Face's
+    ``Conv1D`` (GPT-2) stores its weight as ``[in, out]`` (it computes ``x @ W``), so it is transposed here and
+    an N:M pattern along its inputs runs along dim 1 like every other layer's."""
     out = []
     for name, m in model.named_modules():
-        if isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d) or type(m).__name__ == "Conv1D":
+        conv1d = type(m).__name__ == "Conv1D"
+        if isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d) or conv1d:
             w = getattr(m, "weight", None)
             if isinstance(w, torch.Tensor) and w.dim() >= 2:
-                out.append((name, w.detach()))
+                out.append((name, w.detach().t() if conv1d and w.dim() == 2 else w.detach()))
     return out
 
 
