@@ -27,10 +27,12 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -96,29 +98,46 @@ def _owns_forward(module: nn.Module, base: type[nn.Module]) -> bool:
                if hasattr(base, attr))
 
 
-def _probe(module: nn.Module, base: type[nn.Module]) -> Kind | None:
-    """Run ``module`` on random inputs beside the plain and the same-padded computation; the kind that matches."""
-    weight = getattr(module, "weight", None)
-    if not isinstance(weight, torch.Tensor) or weight.is_meta or not weight.dtype.is_floating_point:
-        return None
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    bias = getattr(module, "bias", None)
-    kinds: set[Kind] = {"plain", "same_pad"} if base is nn.Conv2d else {"plain"}
-    # two spatial sizes of different parity: stride-2 same padding differs between them
-    sizes = [(7, 9), (8, 6)] if base is nn.Conv2d else [(3,)]
+@contextlib.contextmanager
+def _probing(module: nn.Module) -> Iterator[torch.Generator]:
+    """Run probe forwards of ``module``: eval mode and no gradients inside, its mode restored after; yields the
+    seeded generator for the probe inputs (the global random state is never touched)."""
     was_training = module.training
     module.eval()
     try:
         with torch.no_grad():
+            yield torch.Generator(device="cpu").manual_seed(0)
+    finally:
+        module.train(was_training)
+
+
+def _probe_input(module: nn.Module, base: type[nn.Module], extra: tuple[int, ...],
+                 gen: torch.Generator) -> torch.Tensor:
+    """A random input for a linear (``extra[0]`` rows) or a 2-D convolution (each spatial side ``extra``
+    elements longer than the dilated kernel), in the weight's dtype and on its device."""
+    weight = module.weight
+    if base is nn.Linear:
+        shape = (extra[0], module.in_features)
+    else:
+        spatial = (k * d + e for k, d, e in zip(module.kernel_size, module.dilation, extra, strict=True))
+        shape = (1, module.in_channels, *spatial)
+    return torch.randn(shape, generator=gen).to(weight.device, weight.dtype)
+
+
+def _probe(module: nn.Module, base: type[nn.Module]) -> Kind | None:
+    """Run ``module`` on random inputs beside the plain and the same-padded computation; the kind that matches."""
+    weight = getattr(module, "weight", None)
+    if (base not in (nn.Linear, nn.Conv2d) or not isinstance(weight, torch.Tensor) or weight.is_meta
+            or not weight.dtype.is_floating_point):
+        return None
+    bias = getattr(module, "bias", None)
+    kinds: set[Kind] = {"plain", "same_pad"} if base is nn.Conv2d else {"plain"}
+    # two spatial sizes of different parity: stride-2 same padding differs between them
+    sizes = [(7, 9), (8, 6)] if base is nn.Conv2d else [(3,)]
+    try:
+        with _probing(module) as gen:
             for size in sizes:
-                if base is nn.Linear:
-                    shape = (size[0], module.in_features)
-                elif base is nn.Conv2d:
-                    k = module.kernel_size
-                    shape = (1, module.in_channels, size[0] + k[0] * module.dilation[0], size[1] + k[1])
-                else:
-                    return None
-                x = torch.randn(shape, generator=gen).to(weight.device, weight.dtype)
+                x = _probe_input(module, base, size, gen)
                 got = module(x)
                 if not isinstance(got, torch.Tensor):
                     return None
@@ -135,8 +154,6 @@ def _probe(module: nn.Module, base: type[nn.Module]) -> Kind | None:
                         kinds.discard("same_pad")
     except Exception:  # noqa: BLE001 - a forward that fails on a probe input is simply not one we know
         return None
-    finally:
-        module.train(was_training)
     return "plain" if "plain" in kinds else next(iter(kinds), None)
 
 
@@ -282,21 +299,14 @@ def masking_reason(module: nn.Module) -> str | None:
     weight, base = getattr(module, "weight", None), _torch_base(module)
     if base is None or not isinstance(weight, torch.Tensor) or weight.is_meta:
         return kind.reason
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    if base is nn.Linear:
-        shape = (2, module.in_features)
-    else:
-        shape = (1, module.in_channels, *(k * d + 3 for k, d in zip(module.kernel_size, module.dilation, strict=True)))
     recorder = _WeightUses(weight)
-    was_training = module.training
-    module.eval()
     try:
-        with torch.no_grad(), recorder:
-            module(torch.randn(shape, generator=gen).to(weight.device, weight.dtype))
+        with _probing(module) as gen:
+            x = _probe_input(module, base, (2,) if base is nn.Linear else (3,) * len(module.kernel_size), gen)
+            with recorder:
+                module(x)
     except Exception:  # noqa: BLE001 - a forward that fails on a probe input is not one we can vouch for
         recorder.uses = set()
-    finally:
-        module.train(was_training)
     if recorder.uses & _WEIGHT_PRODUCTS and recorder.uses <= _WEIGHT_PRODUCTS | _WEIGHT_READS:
         return None
     return (f"{qualified_name(type(module))} computes with its weight transformed in its own forward "
