@@ -148,7 +148,7 @@ def run_recipe(
             raise DataError("pass example_inputs= (or data=, whose first batch is used) to trace and measure")
         example_inputs = next(iter_inputs(data, 1, split="test" if hasattr(data, "test") else "train"))
     materialize(model, example_inputs)
-    check_finite(model)  # fine-tuning stages do not pass through the verbs' own check
+    check_finite(model)  # refused before the first measurement and stage, not after them
     record = RunRecord(recipe=recipe.to_dict())
     teacher = frozen_copy(model)
     record.before = measure(model, example_inputs, eval_fn=eval_fn, label="before")
