@@ -60,3 +60,25 @@ def test_shrink_fixes_attributes_and_keeps_the_chosen_channels():
     torch.testing.assert_close(model.layer1.conv1.weight, original.layer1.conv1.weight[keep])
     torch.testing.assert_close(model.layer1.conv2.weight, original.layer1.conv2.weight[:, keep])
     assert model(x).shape == (1, 10)
+
+
+class _BatchNormAct(nn.BatchNorm2d):
+    """timm's BatchNormAct2d in miniature: normalization, then an activation, in one BatchNorm subclass."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(channels)
+        self.act = nn.Hardswish()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(super().forward(x))
+
+
+def test_fold_batchnorms_leaves_a_batchnorm_subclass_with_its_own_forward():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), _BatchNormAct(8), nn.Conv2d(8, 8, 3), nn.BatchNorm2d(8)).eval()
+    model[1].load_state_dict(trained_bn(8).state_dict(), strict=False)
+    x = torch.randn(2, 3, 12, 12)
+    expected = model(x)
+    pairs = fold_batchnorms(model, x)
+    assert pairs == [("2", "3")] and isinstance(model[1], _BatchNormAct)
+    torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=1e-5)

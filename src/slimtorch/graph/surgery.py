@@ -11,6 +11,7 @@ convolution before it (a pure module operation that quantization reuses).
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Mapping
 
 import torch
@@ -21,6 +22,8 @@ from slimtorch.graph.labels import Label, entries
 from slimtorch.graph.widths import rewrite_widths
 from slimtorch.io.manifest import describe, set_tracked_attr
 from slimtorch.layer_kinds import layer_kind
+
+logger = logging.getLogger(__name__)
 
 
 def kept_entries(label: Label, keep: Mapping[int, torch.Tensor]) -> torch.Tensor:
@@ -201,7 +204,9 @@ def fold_batchnorms(model: nn.Module, example_inputs) -> list[tuple[str, str]]:
     """Fold every BatchNorm that directly and only follows a convolution into it, in place.
 
     The conv is replaced by its folded copy and the BatchNorm by ``nn.Identity``; the model must be used in
-    eval mode afterwards (the statistics are baked in).
+    eval mode afterwards (the statistics are baked in). A BatchNorm subclass with its own ``forward`` (timm's
+    ``BatchNormAct2d`` applies an activation after normalizing) computes more than the statistics: it stays
+    as it is, unfolded, with a log line naming it.
 
     Args:
         model: the model (changed in place).
@@ -226,8 +231,13 @@ def fold_batchnorms(model: nn.Module, example_inputs) -> list[tuple[str, str]]:
         if src is None or uses.get(src.outputs[0], 0) != 1 or not src.module or not op.module:
             continue
         conv, bn = model.get_submodule(src.module), model.get_submodule(op.module)
-        if isinstance(conv, nn.modules.conv._ConvNd) and isinstance(bn, nn.modules.batchnorm._BatchNorm):
-            pairs.append((src.module, op.module))
+        if not isinstance(conv, nn.modules.conv._ConvNd) or not isinstance(bn, nn.modules.batchnorm._BatchNorm):
+            continue
+        if type(bn).forward not in (nn.modules.batchnorm._BatchNorm.forward, nn.SyncBatchNorm.forward):
+            logger.info("not folding %s into %s: %s has its own forward (it may compute more than the "
+                        "normalization)", op.module, src.module, type(bn).__name__)
+            continue
+        pairs.append((src.module, op.module))
     for conv_name, bn_name in pairs:
         fused = fold_conv_bn(model.get_submodule(conv_name), model.get_submodule(bn_name))
         _set_module(model, conv_name, fused)
