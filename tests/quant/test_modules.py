@@ -47,6 +47,16 @@ def test_linear_kernel_matches_reference(mode, bits, group, rows):
     assert torch.nn.functional.cosine_similarity(out.flatten(), lin(x).detach().flatten(), 0) > 0.98
 
 
+@pytest.mark.parametrize("in_features", [2, 40, 440])
+def test_weight_only_int8_runs_on_input_widths_not_a_multiple_of_16(in_features):
+    # torch 2.13's bfloat16 _weight_int8pack_mm segfaults there (Swin v2's Linear(2, 512), RegNet's 440-wide head)
+    lin = nn.Linear(in_features, 10)
+    q = quant_linear(lin, mode="weight_only", bits=8)
+    x = torch.randn(3, in_features)
+    with torch.no_grad():
+        torch.testing.assert_close(q(x), q.reference(x), atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("rows", [1, 33])
 def test_per_row_dynamic_kernels_both_equal_reference(rows):
     lin = nn.Linear(96, 40, bias=False)

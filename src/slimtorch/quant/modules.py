@@ -216,8 +216,9 @@ class QuantLinear(_QuantBase):
                 self._cache["s16"] = self.weight_scale.to(torch.bfloat16)
             candidates["int8pack_mm"] = lambda: torch.ops.aten._weight_int8pack_mm(
                 x2, self.qweight, self.weight_scale)
-            candidates["int8pack_mm_bf16"] = lambda: torch.ops.aten._weight_int8pack_mm(
-                x2.to(torch.bfloat16), self.qweight, self._cache["s16"]).float()
+            if self.in_features % 16 == 0:  # torch 2.13's bfloat16 kernel segfaults on other input widths
+                candidates["int8pack_mm_bf16"] = lambda: torch.ops.aten._weight_int8pack_mm(
+                    x2.to(torch.bfloat16), self.qweight, self._cache["s16"]).float()
         elif self.bits == 4 and self.group_size in (32, 64, 128, 256) and self.out_features % 16 == 0:
             if "int4" not in self._cache:
                 self._cache["int4"] = kernels.pack_int4_for_cpu(self.int_weight())
