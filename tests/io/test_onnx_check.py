@@ -70,6 +70,24 @@ def test_cosine_and_top1_by_hand(tmp_path):
     np.testing.assert_allclose(report.max_abs_error, 2 * model(x).abs().max().item(), rtol=1e-5)
 
 
+def _bias_only(bias: list[float]) -> nn.Module:
+    layer = nn.Linear(2, len(bias))
+    with torch.no_grad():
+        layer.weight.zero_()
+        layer.bias.copy_(torch.tensor(bias))
+    return layer
+
+
+@pytest.mark.parametrize("torch_bias,onnx_bias,top1", [([1.0, 0.99999, -1.0], [1.0, 1.00001, -1.0], 1.0),
+                                                      ([1.0, 0.5, -1.0], [0.5, 1.0, -1.0], 0.0)])
+def test_top1_counts_a_near_tie_as_agreeing(tmp_path, torch_bias, onnx_bias, top1):
+    # torch scores classes 0 and 1 within 1e-5 (float tolerance: 1e-4 of the largest score): ONNX Runtime picking
+    # class 1 is a rounding flip, not a disagreement; a flip with a clear margin still is one
+    path = st.export_onnx(_bias_only(onnx_bias), torch.randn(2, 2), tmp_path / "other.onnx", check=False)
+    report = st.check_agreement(_bias_only(torch_bias), path, torch.randn(4, 2), raise_on_failure=False)
+    assert report.top1_agreement == top1
+
+
 def test_kind_follows_the_loosest_layer(digits_mlp):
     model, data = digits_mlp
     assert compression_kind(model) == "float"

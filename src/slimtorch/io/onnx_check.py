@@ -41,7 +41,7 @@ class Tolerance:
 #: tolerance per kind of compression; a model is held to the loosest kind it contains
 TOLERANCES: dict[str, Tolerance] = {
     "float": Tolerance(max_rel_error=1e-4, min_cosine=0.99999, min_top1=0.99),
-    "weight_only": Tolerance(max_rel_error=1e-2, min_cosine=0.9999, min_top1=0.98),
+    "weight_only": Tolerance(max_rel_error=2e-2, min_cosine=0.9999, min_top1=0.98),
     "int8": Tolerance(max_rel_error=0.1, min_cosine=0.99, min_top1=0.9),
 }
 
@@ -56,8 +56,9 @@ class AgreementReport:
         max_rel_error: largest ``max |torch - onnx| / max |torch|`` over the outputs (fraction).
         cosine: smallest per-sample cosine similarity of the main output (1 = same direction).
         mean_cosine: mean per-sample cosine similarity of the main output.
-        top1_agreement: fraction of samples with the same arg-max over the last dimension of the main output
-            (None when that output is not a class score vector).
+        top1_agreement: fraction of samples with the same arg-max over the last dimension of the main output,
+            a near tie counting as agreeing (torch's scores for the two classes within ``max_rel_error`` times
+            its largest score of each other); None when that output is not a class score vector.
         samples: rows (samples) compared.
         tolerance: the bounds applied.
         passed: whether every bound was met.
@@ -105,6 +106,17 @@ def _batches(inputs: Any, num_batches: int) -> list[Any]:
     if isinstance(inputs, torch.Tensor | tuple | dict):
         return [inputs]
     return list(iter_inputs(inputs, num_batches, split="test"))
+
+
+def _top1_agreeing(ref: np.ndarray, got: np.ndarray, max_rel_error: float) -> int:
+    """Rows whose arg-max class agrees in both runtimes. A row whose classes differ still agrees when torch's
+    own scores for the two classes are within the tolerated error (``max_rel_error * max |ref|``) of each other:
+    such a near tie flips on any rounding, and the error bound already covers it."""
+    r, g = ref.reshape(-1, ref.shape[-1]), got.reshape(-1, got.shape[-1])
+    mine, theirs = r.argmax(-1), g.argmax(-1)
+    rows = np.arange(len(r))
+    margin = r[rows, mine] - r[rows, theirs]
+    return int(((mine == theirs) | (margin <= max_rel_error * float(np.abs(r).max()))).sum())
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -185,7 +197,7 @@ def check_agreement(
             cosines.append(_cosines(main_ref, main_got))
             classify = classify and main_ref.ndim >= 2 and main_ref.shape[-1] > 1
             if classify:
-                agree += int((main_ref.argmax(-1) == main_got.argmax(-1)).sum())
+                agree += _top1_agreeing(main_ref, main_got, tol.max_rel_error)
                 rows += int(np.prod(main_ref.shape[:-1]))
     finally:
         model.train(was_training)
