@@ -16,12 +16,10 @@ from matrix import CI_ROWS, COLUMNS
 #: (row, column) -> why it does not pass today; remove an entry once its fault is fixed
 KNOWN_FAULTS: dict[tuple[str, str], str] = {
     ("timm/tf_mobilenetv3_small_minimal_100", "static_int8"): (
-        "graph/surgery.py fold_batchnorms replaces timm's BatchNormAct2d (BatchNorm + activation in one module) "
-        "by nn.Identity, dropping its activation: output cosine 0.34 vs float (full run of 2026-12-01)"),
-    **{cell: ("ONNX check_agreement (io/onnx_check.py) top-1 agreement over the 2-sample example: one flip of "
-              "near-tied random logits is 0.5 < 0.9 while cosine and errors are within tolerance")
-       for cell in [("tv/resnet18", "qat_static"), ("timm/tf_mobilenetv3_small_minimal_100", "qat_static"),
-                    ("hf/llama", "weight_int8")]},
+        "static int8 output cosine 0.971 vs float (< 0.98) on this random-weight mobile network; torch.ao's FX "
+        "tracer cannot trace its TensorFlow same-padding convolutions, so there is no peer figure to compare with "
+        "(on the rows it traces, torch.ao FX x86 reaches the same or lower cosines); issue 21's equalization, "
+        "bias correction and clipping search target such networks"),
 }
 
 
