@@ -83,6 +83,20 @@ def test_mlp_families_export_and_agree(name, compress, fused_ops, digits_mlp, tm
     assert abs(data.evaluate(OnnxModule(path)) - data.evaluate(m)) <= 1 / 359
 
 
+@pytest.mark.parametrize("bits,op", [(4, "MatMulNBits"), (8, "Gemm")])
+def test_weight_only_with_a_short_last_group_exports_and_agrees(bits, op, tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(40, 48), nn.ReLU(), nn.Linear(48, 16))  # widths 40 and 48, groups of 32
+    st.quantize(model, st.WeightOnlyQuant(bits=bits, group_size=32))
+    x = torch.randn(6, 40)
+    path = st.export_onnx(model, x, tmp_path / "m.onnx")  # check=True raises on disagreement
+    assert op in _ops(path, tmp_path)
+    with torch.no_grad():
+        ref = model(x)
+    out = torch.as_tensor(OnnxModule(path)(x))
+    torch.testing.assert_close(out, ref, atol=2e-2 * float(ref.abs().max()), rtol=2e-2)
+
+
 def test_int8_file_holds_integer_weights(digits_mlp, tmp_path):
     model, data = digits_mlp
     fp32 = st.export_onnx(model, data.example_inputs(1), tmp_path / "f.onnx", check=False)

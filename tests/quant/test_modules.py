@@ -57,6 +57,19 @@ def test_weight_only_int8_runs_on_input_widths_not_a_multiple_of_16(in_features)
         torch.testing.assert_close(q(x), q.reference(x), atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("in_features,group", [(200, 64), (40, 32), (24, 128)])
+def test_int4_kernel_takes_a_short_last_group(in_features, group):
+    # the packed int4 kernel reads whole groups: the layer fills the last one with zero codes and zero inputs
+    lin = nn.Linear(in_features, 48)
+    q = quant_linear(lin, mode="weight_only", bits=4, group_size=group)
+    assert q.weight_scale.shape == (48, -(-in_features // group))
+    x = torch.randn(17, 2 * in_features)[:, ::2]  # strided, as a sliced activation comes
+    with torch.no_grad():
+        out, ref = q(x), q.reference(x)
+    assert "int4pack" in kernels._CHOICE[("weight_only", 4, group, in_features, 48, 17)]
+    torch.testing.assert_close(out, ref, atol=2e-2 * float(ref.abs().max()), rtol=2e-2)
+
+
 @pytest.mark.parametrize("rows", [1, 33])
 def test_per_row_dynamic_kernels_both_equal_reference(rows):
     lin = nn.Linear(96, 40, bias=False)

@@ -11,7 +11,6 @@ from slimtorch.errors import ConfigError
 from slimtorch.quant.fake import FakeQuantConv2d, FakeQuantLinear
 from slimtorch.quant.modules import QuantConv2d, QuantLinear
 from slimtorch.quant.qat import QAT, register_qat
-from slimtorch.summary import last_summary
 
 
 def test_untrained_convert_equals_ptq_weight_only():
@@ -61,8 +60,17 @@ def test_int4_qat_at_least_as_good_as_ptq(digits_mlp):
     assert data.evaluate(st.convert(m)) >= ptq - 0.003
 
 
-def test_prepare_qat_skips_layers_group_size_does_not_fit():
-    model = nn.Sequential(nn.Linear(64, 40), nn.ReLU(), nn.Linear(40, 10))
+def test_qat_with_a_group_size_not_dividing_a_layer_converts_to_what_it_trained():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 40), nn.ReLU(), nn.Linear(40, 16))  # 40 = a group of 32 and one of 8
     st.prepare_qat(model, st.WeightOnlyQuant(bits=4, group_size=32))
-    assert isinstance(model[0], FakeQuantLinear) and type(model[2]) is nn.Linear
-    assert "does not divide its input dimension 40" in last_summary(model).skipped["2"]
+    assert isinstance(model[0], FakeQuantLinear) and isinstance(model[2], FakeQuantLinear)
+    assert model[2].weight_scale.shape == (16, 2)
+    x = torch.randn(5, 64)
+    model(x).pow(2).mean().backward()
+    assert model[2].weight_scale.grad[:, 1].abs().sum() > 0  # the short group's scale learns too
+    with torch.no_grad():
+        fake, fake_head = model.eval()(x), model[2].fake_weight()
+        q = st.convert(model)
+        assert isinstance(q[2], QuantLinear) and torch.allclose(q[2].dequantized_weight(), fake_head)
+        assert torch.allclose(q(x), fake, atol=2e-2 * float(fake.abs().max()))

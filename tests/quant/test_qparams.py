@@ -63,9 +63,21 @@ def test_bad_bits_is_config_error(bits):
         qrange(bits, True)
 
 
-def test_group_size_not_dividing_is_config_error():
-    with pytest.raises(ConfigError, match="group_size"):
-        minmax(torch.randn(4, 10), axis=0, group_size=4)
+def test_a_short_last_group_has_the_range_of_its_own_columns():
+    w = torch.tensor([[1.0, -2.0, 3.0, 0.5, -0.25], [4.0, 0.0, -1.0, -8.0, 2.0]])  # width 5, groups of 2: 2 + 2 + 1
+    lo, hi = minmax(w, axis=0, group_size=2)
+    assert lo.tolist() == [[-2.0, 0.5, -0.25], [0.0, -8.0, 2.0]]
+    assert hi.tolist() == [[1.0, 3.0, -0.25], [4.0, -1.0, 2.0]]
+    scale, zero = choose_qparams(lo, hi, bits=4)
+    q = quantize(w, scale, zero, bits=4, axis=0, group_size=2)
+    assert q.shape == w.shape and q[:, 4].tolist() == [-7, 7]  # the one-column group: its own value at full scale
+    back = dequantize(q, scale, zero, axis=0, group_size=2)
+    assert back.shape == w.shape and torch.allclose(back[:, 4], w[:, 4])
+
+
+def test_group_size_on_a_non_matrix_is_config_error():
+    with pytest.raises(ConfigError, match="group_size=4 applies to a 2-D weight"):
+        minmax(torch.randn(4, 8, 2), axis=0, group_size=4)
 
 
 @given(n=hs.integers(1, 41), rows=hs.integers(1, 3), signed=hs.booleans(), seed=hs.integers(0, 999))

@@ -102,11 +102,11 @@ def _(x, qweight_t, w_scale, w_zp, bias, per_token):
 @torch.library.custom_op("slimtorch_export::matmul_nbits", mutates_args=())
 def matmul_nbits(x: torch.Tensor, blocks: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None,
                  in_features: int, out_features: int, block_size: int) -> torch.Tensor:
-    """4-bit weight-only linear on ``x`` [..., in]: ``blocks`` uint8 [out, in / block, block / 2] (low nibble
-    first, code = value + 8), ``scales`` float [out * in / block]."""
+    """4-bit weight-only linear on ``x`` [..., in]: ``blocks`` uint8 [out, ceil(in / block), block / 2] (low nibble
+    first, code = value + 8; a short last block filled up), ``scales`` float [out * ceil(in / block)]."""
     p = blocks.to(torch.int16)
     codes = torch.stack([p & 0x0F, (p >> 4) & 0x0F], dim=-1).reshape(out_features, -1, block_size)  # [N, nb, bs]
-    w = ((codes - 8).float() * scales.reshape(out_features, -1, 1)).reshape(out_features, in_features)
+    w = ((codes - 8).float() * scales.reshape(out_features, -1, 1)).reshape(out_features, -1)[:, :in_features]
     return F.linear(x, w, bias)
 
 
@@ -118,10 +118,11 @@ def _(x, blocks, scales, bias, in_features, out_features, block_size):
 @torch.library.custom_op("slimtorch_export::dequant_linear", mutates_args=())
 def dequant_linear(x: torch.Tensor, qweight: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None,
                    group_size: int) -> torch.Tensor:
-    """Weight-only linear on 2-D ``x``: int8 codes [out, in], scales [out] or [out, in / group_size]."""
-    out_f, in_f = qweight.shape
+    """Weight-only linear on 2-D ``x`` [rows, in]: int8 codes [out, in] or, grouped, [out, ceil(in / group_size) *
+    group_size] (a short last group filled with zero codes), scales [out] or [out, ceil(in / group_size)]."""
+    out_f = qweight.shape[0]
     if group_size:
-        w = (qweight.float().reshape(out_f, -1, group_size) * w_scale[:, :, None]).reshape(out_f, in_f)
+        w = (qweight.float().reshape(out_f, -1, group_size) * w_scale[:, :, None]).reshape(out_f, -1)[:, :x.shape[1]]
     else:
         w = qweight.float() * w_scale[:, None]
     return F.linear(x, w, bias)
@@ -217,7 +218,8 @@ def dequant_linear_onnx(x, qweight, w_scale, bias, group_size: int):
     if group_size:
         w = op.Mul(op.Reshape(op.Cast(qweight, to=ir.DataType.FLOAT), op.Constant(value_ints=[0, -1, group_size])),
                    op.Unsqueeze(w_scale, op.Constant(value_ints=[2])))
-        w = op.Reshape(w, op.Shape(qweight))
+        w = op.Slice(op.Reshape(w, op.Shape(qweight)), op.Constant(value_ints=[0]), op.Shape(x, start=-1),
+                     op.Constant(value_ints=[1]))  # cut the fill of a short last group
     else:
         w = op.DequantizeLinear(qweight, w_scale, axis=0)
     return op.Gemm(x, w, bias, transB=1) if bias is not None else op.Gemm(x, w, transB=1)

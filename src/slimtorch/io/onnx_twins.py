@@ -24,6 +24,7 @@ from slimtorch.layer_kinds import pad_same
 from slimtorch.prune.sparse_linear import SparseLinear
 from slimtorch.quant.binary_modules import BinaryConv2d, BinaryLinear
 from slimtorch.quant.modules import QuantConv2d, QuantLinear
+from slimtorch.quant.packing import pack_int4
 from slimtorch.quant.qparams import choose_qparams
 
 #: block sizes ONNX Runtime's MatMulNBits accepts (a power of two, at least 16)
@@ -103,14 +104,16 @@ class DynamicLinear(nn.Module):
 
 
 class NBitsLinear(nn.Module):
-    """4-bit weight-only Linear as ONNX Runtime's MatMulNBits (the packed bytes are reused as they are)."""
+    """4-bit weight-only Linear as ONNX Runtime's MatMulNBits (the packed bytes are reused as they are where the
+    block size divides the input width; MatMulNBits takes a short last block as a full one holding zeros)."""
 
     def __init__(self, layer: QuantLinear) -> None:
         super().__init__()
         self.in_features, self.out_features, self.block = layer.in_features, layer.out_features, layer.group_size
-        blocks = layer.qweight.detach().reshape(self.out_features, self.in_features // self.block, self.block // 2)
-        self.register_buffer("blocks", blocks.clone())  # [N, K / block, block / 2]
-        self.register_buffer("scales", layer.weight_scale.detach().float().reshape(-1).clone())  # [N * K / block]
+        fill = -self.in_features % self.block  # a short last block is filled with zero codes
+        packed = pack_int4(F.pad(layer.int_weight().detach(), (0, fill))) if fill else layer.qweight.detach()
+        self.register_buffer("blocks", packed.reshape(self.out_features, -1, self.block // 2).clone())
+        self.register_buffer("scales", layer.weight_scale.detach().float().reshape(-1).clone())  # [N * blocks]
         self.register_buffer("bias", None if layer.bias is None else layer.bias.detach().float().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -124,7 +127,8 @@ class DequantLinear(nn.Module):
     def __init__(self, layer: QuantLinear) -> None:
         super().__init__()
         self.in_features, self.out_features, self.group_size = layer.in_features, layer.out_features, layer.group_size
-        self.register_buffer("qweight", layer.int_weight().detach().clone())
+        fill = -self.in_features % self.group_size if self.group_size else 0  # whole groups: zero codes fill
+        self.register_buffer("qweight", F.pad(layer.int_weight().detach(), (0, fill)))  # a short last one
         self.register_buffer("w_scale", layer.weight_scale.detach().float().clone())
         self.register_buffer("bias", None if layer.bias is None else layer.bias.detach().float().clone())
 
@@ -186,7 +190,7 @@ def twin_for(module: nn.Module, output_qparams: tuple[torch.Tensor, torch.Tensor
             return QDQLinear(module, output_qparams)
         if module.mode == "dynamic":
             return DynamicLinear(module)
-        if (module.bits == 4 and module.group_size in NBITS_BLOCKS and module.in_features % module.group_size == 0):
+        if module.bits == 4 and module.group_size in NBITS_BLOCKS:
             return NBitsLinear(module)
         return DequantLinear(module)
     if isinstance(module, SparseLinear):

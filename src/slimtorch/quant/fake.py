@@ -64,9 +64,9 @@ class _FakeQuantWeight(nn.Module):
         qmin, qmax = qrange(self.bits, signed=True)
         w = self.weight
         s = grad_scale(self.weight_scale, 1.0 / math.sqrt(w[0].numel() * qmax))
-        if self.group_size:
-            wg = w.reshape(w.shape[0], -1, self.group_size)
-            fake = fake_quantize_ste(wg, s.unsqueeze(-1), 0.0, qmin, qmax).reshape(w.shape)
+        if self.group_size:  # a short last group is filled with zeros, then cut off again
+            wg = F.pad(w, (0, -w.shape[1] % self.group_size)).reshape(w.shape[0], -1, self.group_size)
+            fake = fake_quantize_ste(wg, s.unsqueeze(-1), 0.0, qmin, qmax).reshape(w.shape[0], -1)[:, : w.shape[1]]
         else:
             fake = fake_quantize_ste(w, s.reshape(-1, *([1] * (w.dim() - 1))), 0.0, qmin, qmax)
         return fake.to(w.dtype)

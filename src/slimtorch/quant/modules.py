@@ -5,7 +5,8 @@ Attributes every quantized layer has (the contract ONNX export and ``st.save`` r
 - ``qweight``: int8 ``[out, in]`` (Linear) or ``[out, in / groups, kh, kw]`` (Conv2d) holding integers in the
   ``bits`` range; for ``bits == 4`` weight-only Linear it is uint8 ``[out, ceil(in / 2)]``, two signed values per
   byte, low nibble first (see quant/packing.py).
-- ``weight_scale``: float32, ``[out]`` per output channel (``axis = 0``), or ``[out, in // group_size]`` per group.
+- ``weight_scale``: float32, ``[out]`` per output channel (``axis = 0``), or ``[out, ceil(in / group_size)]``
+  per group (the last group is shorter where ``group_size`` does not divide ``in``).
 - ``weight_zero_point``: int32, same shape as ``weight_scale``; always 0 (weights are symmetric).
 - ``bias``: float32 ``[out]`` or None.
 - ``bits`` (int), ``group_size`` (int, 0 = per channel), ``axis`` (int, always 0), ``mode`` (str):
@@ -115,7 +116,7 @@ class QuantLinear(_QuantBase):
         super().__init__()
         self.in_features, self.out_features, self.group_size, self.relu = in_features, out_features, group_size, relu
         self.per_token = per_token
-        scale_shape = (out_features, in_features // group_size) if group_size else (out_features,)
+        scale_shape = (out_features, -(-in_features // group_size)) if group_size else (out_features,)
         self._init_common(out_features, scale_shape, bias, mode, bits)
         packed = mode == "weight_only" and bits == 4
         cols = (in_features + 1) // 2 if packed else in_features
@@ -220,14 +221,16 @@ class QuantLinear(_QuantBase):
                 candidates["int8pack_mm_bf16"] = lambda: torch.ops.aten._weight_int8pack_mm(
                     x2.to(torch.bfloat16), self.qweight, self._cache["s16"]).float()
         elif self.bits == 4 and self.group_size in (32, 64, 128, 256) and self.out_features % 16 == 0:
-            if "int4" not in self._cache:
-                self._cache["int4"] = kernels.pack_int4_for_cpu(self.int_weight())
+            fill = -self.in_features % self.group_size  # the kernel takes whole groups: pad a short last one
+            if "int4" not in self._cache:  # with zero codes, and the input with zeros
+                self._cache["int4"] = kernels.pack_int4_for_cpu(F.pad(self.int_weight(), (0, fill)))
                 self._cache["sz"] = kernels.int4_scales_and_zeros(self.weight_scale)
                 self._cache["sz16"] = self._cache["sz"].to(torch.bfloat16)
+            xp = F.pad(x2, (0, fill)) if fill else x2
             candidates["int4pack_mm"] = lambda: torch.ops.aten._weight_int4pack_mm_for_cpu(
-                x2, self._cache["int4"], self.group_size, self._cache["sz"])
+                xp, self._cache["int4"], self.group_size, self._cache["sz"])
             candidates["int4pack_mm_bf16"] = lambda: torch.ops.aten._weight_int4pack_mm_for_cpu(
-                x2.to(torch.bfloat16), self._cache["int4"], self.group_size, self._cache["sz16"]).float()
+                xp.to(torch.bfloat16), self._cache["int4"], self.group_size, self._cache["sz16"]).float()
         return candidates[kernels.fastest(key, candidates)]()
 
 

@@ -19,7 +19,7 @@ from slimtorch.config import Config
 from slimtorch.data import iter_inputs, run_hooked
 from slimtorch.errors import ConfigError, DataError, UnsupportedModelError
 from slimtorch.graph.surgery import replace_layer
-from slimtorch.layer_kinds import as_plain, is_transposed_linear
+from slimtorch.layer_kinds import as_plain
 from slimtorch.quant.config import DynamicQuant, StaticQuant, WeightOnlyQuant
 from slimtorch.quant.modules import QuantConv2d, QuantLinear
 from slimtorch.quant.observers import make_observer
@@ -171,39 +171,6 @@ def calibrate(model: nn.Module, names: list[str], data: Any, num_batches: int, o
     return {n: observers[n].range(8, signed=False) for n in names}
 
 
-def check_group_size(config: Config, chosen: list[tuple[str, nn.Module]], select: Sequence[str] | None = None
-                     ) -> tuple[list[tuple[str, nn.Module]], dict[str, str]]:
-    """Set aside chosen Linears (or GPT-2 ``Conv1D``s) whose input width ``group_size`` does not divide.
-
-    Returns:
-        ``(kept, skipped)``: the layers ``group_size`` fits, and the others mapped to the reason.
-
-    Raises:
-        ConfigError: such a layer was named explicitly in ``include`` (or ``select``), or no layer fits.
-    """
-    group = getattr(config, "group_size", None)
-    if not group:
-        return chosen, {}
-    named = set(map(str, config.include if config.include is not None else select or ()))
-    step = type(config).__name__
-    kept, skipped, widths = [], {}, {}
-    for name, layer in chosen:
-        width = layer.weight.shape[0] if is_transposed_linear(layer) else layer.in_features
-        if not width % group:
-            kept.append((name, layer))
-            continue
-        if name in named:
-            raise ConfigError(f"{step}.group_size={group} does not divide the input dimension {width} of layer "
-                              f"{name!r}; pick a divisor or exclude the layer")
-        skipped[name] = f"group_size={group} does not divide its input dimension {width}; it stays float"
-        widths[name] = width
-    if skipped and not kept:
-        named_widths = ", ".join(f"{n!r} ({w})" for n, w in list(widths.items())[:4])
-        raise ConfigError(f"{step}.group_size={group} divides the input dimension of none of the chosen layers "
-                          f"({named_widths}); pick a divisor or group_size=None (one scale per channel)")
-    return kept, skipped
-
-
 def static_layers(model: nn.Module, config: StaticQuant, select: Sequence[str] | None
                    ) -> tuple[list[tuple[str, nn.Module]], dict[str, str]]:
     """The Linear/Conv2d layers static int8 takes (numeric zero padding only) and the skipped ones."""
@@ -278,18 +245,15 @@ def apply_weight_only(model: nn.Module, config: WeightOnlyQuant, *, data: Any = 
                       select: Sequence[str] | None = None, seed: int = 0) -> nn.Module:
     """Handler of ``st.quantize`` for :class:`WeightOnlyQuant`: integer weights (int4 packed), float activations.
 
-    Layers whose input width ``group_size`` does not divide stay float (listed in the step's summary).
+    Where ``group_size`` does not divide a layer's input width, its last group is shorter.
 
     Raises:
         UnsupportedModelError: the model has no nn.Linear at all, or every one must stay float.
-        ConfigError: include/exclude/select left no Linear layer, or ``group_size`` does not divide the input
-            dimension of a layer named in include (or of any chosen layer).
+        ConfigError: include/exclude/select left no Linear layer.
     """
     chosen, skipped = chosen_layers(model, config, [nn.Linear], select)
     if not chosen:
         raise nothing_chosen(model, config, [nn.Linear], skipped)
-    chosen, misfits = check_group_size(config, chosen, select)
-    skipped.update(misfits)
     for name, layer in chosen:
         replace_layer(model, name, quant_linear(as_plain(layer), mode="weight_only", bits=config.bits,
                                                 group_size=config.group_size))

@@ -27,7 +27,7 @@ from slimtorch.quant.config import DynamicQuant, StaticQuant, WeightOnlyQuant
 from slimtorch.quant.fake import FakeQuantConv2d, FakeQuantLinear
 from slimtorch.quant.modules import QuantConv2d, QuantLinear
 from slimtorch.quant.packing import pack_int4
-from slimtorch.quant.ptq import check_group_size, chosen_layers, fuse_relus, set_module, static_layers
+from slimtorch.quant.ptq import chosen_layers, fuse_relus, set_module, static_layers
 from slimtorch.quant.qparams import choose_qparams, quantize
 from slimtorch.summary import StepSummary, record
 
@@ -125,8 +125,6 @@ def _prepare_linear(model: nn.Module, config: Config, *, data: Any = None, selec
     mode = "dynamic" if isinstance(config, DynamicQuant) else "weight_only"
     group = getattr(config, "group_size", None)
     chosen, skipped = chosen_layers(model, config, [nn.Linear], select)
-    chosen, misfits = check_group_size(config, chosen, select)
-    skipped.update(misfits)
     for name, layer in chosen:
         replace_layer(model, name, FakeQuantLinear(as_plain(layer), bits=config.bits, group_size=group, mode=mode))
     logger.info("prepare_qat(%s): %d Linear layers", type(config).__name__, len(chosen))

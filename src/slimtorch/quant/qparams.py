@@ -4,7 +4,8 @@ Granularity is given by ``axis`` and ``group_size``:
 - per tensor: ``axis=None`` (scale and zero point are 0-d tensors);
 - per channel: ``axis=k`` (one scale per index of dimension k; shape ``[x.shape[k]]``);
 - per group: ``axis=0, group_size=g`` on a 2-D weight ``[out, in]`` (one scale per output row and per run of
-  g input columns; shape ``[out, in // g]``), the layout weight-only kernels expect.
+  g input columns; shape ``[out, ceil(in / g)]``), the layout weight-only kernels expect. Where g does not
+  divide ``in``, the last group is shorter (``in % g`` columns): its range is that of its own columns.
 
 Rounding is round-half-to-even (``torch.round``), values are clamped to the integer range, and the zero
 point is always an integer inside that range, so 0.0 is represented exactly.
@@ -76,13 +77,23 @@ def _broadcast(p: torch.Tensor, x: torch.Tensor, axis: int | None, group_size: i
 
 
 def _grouped(x: torch.Tensor, group_size: int | None) -> torch.Tensor:
+    """A 2-D ``x`` [out, in] as ``[out, ceil(in / g), g]``. A short last group is filled up by repeating its last
+    column, which leaves its min and max unchanged; :func:`_ungrouped` cuts the fill off again."""
     if group_size is None:
         return x
-    if x.dim() != 2 or x.shape[1] % group_size:
-        raise ConfigError(
-            f"group_size={group_size} must divide the input dimension {tuple(x.shape)[-1]} of a 2-D weight"
-        )
-    return x.reshape(x.shape[0], x.shape[1] // group_size, group_size)  # [out, in // g, g]
+    if x.dim() != 2:
+        raise ConfigError(f"group_size={group_size} applies to a 2-D weight [out, in], not shape {tuple(x.shape)}")
+    fill = -x.shape[1] % group_size
+    if fill:
+        x = torch.cat([x, x[:, -1:].expand(-1, fill)], dim=1)
+    return x.reshape(x.shape[0], -1, group_size)
+
+
+def _ungrouped(xg: torch.Tensor, shape: torch.Size, group_size: int | None) -> torch.Tensor:
+    """Inverse of :func:`_grouped`: back to ``shape``, without the fill of a short last group."""
+    if group_size is None:
+        return xg.reshape(shape)
+    return xg.reshape(shape[0], -1)[:, : shape[1]].contiguous()
 
 
 def quantize(
@@ -101,7 +112,7 @@ def quantize(
     s = _broadcast(scale, xg, axis, group_size)
     z = _broadcast(zero_point, xg, axis, group_size)
     q = torch.clamp(torch.round(xg / s) + z, qmin, qmax)
-    return q.reshape(x.shape).to(torch.int8 if signed else torch.uint8)
+    return _ungrouped(q, x.shape, group_size).to(torch.int8 if signed else torch.uint8)
 
 
 def dequantize(
@@ -116,7 +127,7 @@ def dequantize(
     qg = _grouped(q.float(), group_size)
     s = _broadcast(scale, qg, axis, group_size)
     z = _broadcast(zero_point, qg, axis, group_size)
-    return ((qg - z) * s).reshape(q.shape)
+    return _ungrouped((qg - z) * s, q.shape, group_size)
 
 
 def minmax(

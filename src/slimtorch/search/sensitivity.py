@@ -81,7 +81,7 @@ def quant_sensitivity(
         try:
             q = quantize(copy.deepcopy(model), trial, data=batches)
         except ConfigError:
-            continue  # a layer this method cannot take (e.g. group size does not divide it)
+            continue  # a layer this method cannot take (e.g. a subclass with a forward of its own, alone)
         with torch.no_grad():
             errors = [relative_error(r, first_tensor(call(q, b))) for r, b in zip(reference, batches, strict=True)]
         results.append(LayerSensitivity(name, sum(errors) / len(errors)))
