@@ -11,10 +11,18 @@
   (int4) raced by :func:`fastest` against dequantize-then-matmul; the faster one per shape is kept.
 
 Pre-packed weights are caches built on first use; the modules' state stays plain tensors.
+
+x86 CPUs without VNNI (AVX2 only, or AVX-512 without VNNI: AMD Zen 2/3, Intel before Cascade Lake) multiply
+uint8 by int8 with ``vpmaddubsw``, which adds pairs of products in int16 with saturation: there oneDNN's (and
+ONNX Runtime's) u8 x s8 kernels are exact only for activation codes up to 127 (127 * 128 * 2 < 2**15), so
+static layers calibrate to 7-bit activation codes (:func:`activation_bits`), per-tensor dynamic activations
+use 127 levels, and the per-row oneDNN candidate is left out (``torch._int_mm`` multiplies int8 by int8
+exactly on every CPU).
 """
 
 from __future__ import annotations
 
+import platform
 import time
 import warnings
 from collections.abc import Callable
@@ -23,6 +31,15 @@ import torch
 
 #: (kind, shape key) -> name of the fastest candidate measured on this machine
 _CHOICE: dict[tuple, str] = {}
+
+#: whether this CPU's uint8 x int8 products saturate in int16 (x86 without VNNI; see the module docstring)
+U8S8_SATURATES = platform.machine().lower() in ("x86_64", "amd64") and not torch.cpu._is_vnni_supported()
+
+
+def activation_bits() -> int:
+    """Width of the unsigned activation codes static int8 layers calibrate to on this CPU: 8, or 7 where
+    uint8 x int8 products saturate (:data:`U8S8_SATURATES`; torch.ao's x86 default reduces the range alike)."""
+    return 7 if U8S8_SATURATES else 8
 
 
 def fastest(key: tuple, candidates: dict[str, Callable[[], torch.Tensor]], reps: int = 3) -> str:
@@ -98,12 +115,14 @@ def qconv2d(
     dilation: list[int],
     groups: int,
     relu: bool,
+    x_qmax: int = 255,
 ) -> torch.Tensor:
-    """Static int8 convolution of float ``x`` (quantized here) with a weight from ``torch.ops.onednn.qconv_prepack``.
+    """Static int8 convolution of float ``x`` (quantized here, codes clamped to ``x_qmax``) with a weight from
+    ``torch.ops.onednn.qconv_prepack``.
 
     Returns float32 in channels-last layout (the layout oneDNN prefers; the next layer keeps it).
     """
-    qx = quantize_uint8(x.contiguous(memory_format=torch.channels_last), x_scale, x_zero_point)
+    qx = _clamped(quantize_uint8(x.contiguous(memory_format=torch.channels_last), x_scale, x_zero_point), x_qmax)
     return torch.ops.onednn.qconv2d_pointwise(
         qx, x_scale, x_zero_point, packed, w_scale, _zeros(w_scale.numel()), bias, stride, padding, dilation, groups,
         1.0, 0, torch.float32, "relu" if relu else "none", [], "",
@@ -118,11 +137,18 @@ def qlinear_static(
     w_scale: torch.Tensor,
     bias: torch.Tensor | None,
     relu: bool = False,
+    x_qmax: int = 255,
 ) -> torch.Tensor:
-    """Static int8 linear layer of float ``x`` [..., in] with a weight from ``onednn.qlinear_prepack``."""
-    qx = quantize_uint8(x.reshape(-1, x.shape[-1]), x_scale, x_zero_point)
+    """Static int8 linear layer of float ``x`` [..., in] (codes clamped to ``x_qmax``) with a weight from
+    ``onednn.qlinear_prepack``."""
+    qx = _clamped(quantize_uint8(x.reshape(-1, x.shape[-1]), x_scale, x_zero_point), x_qmax)
     out = qlinear_u8(qx, x_scale, x_zero_point, packed, w_scale, bias, relu)  # [M, out]
     return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+def _clamped(qx: torch.Tensor, qmax: int) -> torch.Tensor:
+    """uint8 codes capped at ``qmax`` (in place; nothing to do for the full range 255)."""
+    return qx if qmax >= 255 else qx.clamp_(max=qmax)
 
 
 def qlinear_u8(qx: torch.Tensor, x_scale: float, x_zero_point: int, packed: torch.Tensor, w_scale: torch.Tensor,
@@ -169,11 +195,13 @@ def onednn_rows(qx: torch.Tensor, sx: torch.Tensor, packed: torch.Tensor, w_scal
 
 
 def tensor_qparams(x: torch.Tensor) -> tuple[float, int]:
-    """Asymmetric uint8 ``(scale, zero_point)`` covering ``x``'s range (extended to include 0)."""
+    """Asymmetric uint8 ``(scale, zero_point)`` covering ``x``'s range (extended to include 0) with codes
+    0..255, or 0..127 where uint8 x int8 products saturate (:func:`activation_bits`)."""
+    qmax = 2 ** activation_bits() - 1
     lo, hi = torch.aminmax(x)
     lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
-    scale = max((hi - lo) / 255.0, 1e-12)
-    return scale, int(min(max(round(-lo / scale), 0), 255))
+    scale = max((hi - lo) / qmax, 1e-12)
+    return scale, int(min(max(round(-lo / scale), 0), qmax))
 
 
 def quantize_tensor(x: torch.Tensor) -> tuple[torch.Tensor, float, int]:

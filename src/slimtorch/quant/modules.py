@@ -13,7 +13,9 @@ Attributes every quantized layer has (the contract ONNX export and ``st.save`` r
   ``"static"`` (int8 activations calibrated ahead of time), ``"dynamic"`` (activations quantized per call) or
   ``"weight_only"`` (float activations).
 - static only: ``input_scale`` (float32, 0-d) and ``input_zero_point`` (int32, 0-d; activations are uint8),
-  and ``relu`` (bool, ReLU fused after the layer).
+  ``input_bits`` (8, or 7 when calibrated on a CPU whose uint8 x int8 products saturate: codes 0..127, see
+  quant/kernels.py) and ``relu`` (bool, ReLU fused after the layer). A layer with 8-bit input codes on such a
+  CPU runs its float reference (correct, not faster than float) and says so once in the log.
 - ``dequantized_weight() -> float32 tensor`` of the float weight's shape: the weight the kernel computes with.
 
 Every layer's output equals its float reference (dequantized weight, and for static layers the
@@ -28,6 +30,8 @@ dtype; the buffers stay float32 whatever the model's dtype.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -40,12 +44,17 @@ from slimtorch.quant.qparams import dequantize, fake_quantize
 
 MODES = ("static", "dynamic", "weight_only")
 
+logger = logging.getLogger(__name__)
+
 
 class _QuantBase(nn.Module):
     """State common to quantized layers: buffers, a kernel cache cleared when new weights are loaded."""
 
-    def _init_common(self, out: int, scale_shape: tuple[int, ...], bias: bool, mode: str, bits: int) -> None:
-        self.mode, self.bits, self.axis = mode, bits, 0
+    input_bits = 8
+
+    def _init_common(self, out: int, scale_shape: tuple[int, ...], bias: bool, mode: str, bits: int,
+                     input_bits: int = 8) -> None:
+        self.mode, self.bits, self.axis, self.input_bits = mode, bits, 0, input_bits
         self.register_buffer("weight_scale", torch.ones(scale_shape))
         self.register_buffer("weight_zero_point", torch.zeros(scale_shape, dtype=torch.int32))
         self.register_buffer("bias", torch.zeros(out) if bias else None)
@@ -68,7 +77,19 @@ class _QuantBase(nn.Module):
 
     def _fake_input(self, x: torch.Tensor) -> torch.Tensor:
         """The float values the static layer's uint8 input represents (reference path)."""
-        return fake_quantize(x, self.input_scale, self.input_zero_point, bits=8, signed=False)
+        return fake_quantize(x, self.input_scale, self.input_zero_point, bits=self.input_bits, signed=False)
+
+    def _saturates(self) -> bool:
+        """Whether this CPU's int8 kernel would saturate on this static layer's 8-bit input codes (it was
+        calibrated on a CPU with VNNI): the layer then runs its float reference, logged once per layer."""
+        if not (kernels.U8S8_SATURATES and self.input_bits > 7):
+            return False
+        if "saturates" not in self._cache:
+            self._cache["saturates"] = True
+            logger.warning("%s has 8-bit input codes, which this CPU's int8 kernels (no VNNI) cannot multiply "
+                           "exactly: it runs in float. Quantize again on this machine (7-bit codes) for the "
+                           "int8 kernels", type(self).__name__)
+        return True
 
     def _traceable(self, rows: int) -> bool:
         """Whether torch.compile may trace this layer's integer kernels rather than call the layer as is.
@@ -111,13 +132,13 @@ class QuantLinear(_QuantBase):
 
     def __init__(
         self, in_features: int, out_features: int, bias: bool = True, *, mode: str = "static", bits: int = 8,
-        group_size: int = 0, relu: bool = False, per_token: bool = True,
+        group_size: int = 0, relu: bool = False, per_token: bool = True, input_bits: int = 8,
     ) -> None:
         super().__init__()
         self.in_features, self.out_features, self.group_size, self.relu = in_features, out_features, group_size, relu
         self.per_token = per_token
         scale_shape = (out_features, -(-in_features // group_size)) if group_size else (out_features,)
-        self._init_common(out_features, scale_shape, bias, mode, bits)
+        self._init_common(out_features, scale_shape, bias, mode, bits, input_bits)
         packed = mode == "weight_only" and bits == 4
         cols = (in_features + 1) // 2 if packed else in_features
         self.register_buffer("qweight", torch.zeros(out_features, cols, dtype=torch.uint8 if packed else torch.int8))
@@ -125,7 +146,7 @@ class QuantLinear(_QuantBase):
     def manifest_args(self) -> dict:
         return {"in_features": self.in_features, "out_features": self.out_features, "bias": self.bias is not None,
                 "mode": self.mode, "bits": self.bits, "group_size": self.group_size, "relu": self.relu,
-                "per_token": self.per_token}
+                "per_token": self.per_token, "input_bits": self.input_bits}
 
     def int_weight(self) -> torch.Tensor:
         """Weight integers as int8 [out, in] (unpacked if stored as int4)."""
@@ -160,7 +181,7 @@ class QuantLinear(_QuantBase):
         if torch.compiler.is_compiling() and not self._traceable(x.numel() // self.in_features):
             return _outside_graph(self, x)
         if self.mode == "static":
-            return self._static(x)
+            return self.reference(x) if self._saturates() else self._static(x)
         x2 = x.reshape(-1, self.in_features)
         if self.mode == "dynamic":
             out = self._dynamic(x2)
@@ -175,7 +196,7 @@ class QuantLinear(_QuantBase):
             self._cache["packed"] = torch.ops.onednn.qlinear_prepack(self.int_weight(), None)
             self._cache["qparams"] = self._input_qparams()
         return kernels.qlinear_static(x, self._cache["packed"], *self._cache["qparams"], self.weight_scale, self.bias,
-                                      self.relu)
+                                      self.relu, 2**self.input_bits - 1)
 
     def _dynamic(self, x2: torch.Tensor) -> torch.Tensor:
         if "packed" not in self._cache:
@@ -187,9 +208,10 @@ class QuantLinear(_QuantBase):
         candidates = {
             "int_mm_rows": lambda: kernels.int_mm_rows(*kernels.quantize_rows(x2), self._cache["wt"],
                                                        self.weight_scale, self.bias),
-            "onednn_rows": lambda: kernels.onednn_rows(*kernels.quantize_rows(x2, unsigned=True),
-                                                       self._cache["packed"], self.weight_scale, self.bias),
         }
+        if not kernels.U8S8_SATURATES:  # its uint8 codes reach 255
+            candidates["onednn_rows"] = lambda: kernels.onednn_rows(*kernels.quantize_rows(x2, unsigned=True),
+                                                                    self._cache["packed"], self.weight_scale, self.bias)
         return candidates[kernels.fastest(self._race_key(x2.shape[0]), candidates)]()
 
     def _traceable(self, rows: int) -> bool:
@@ -253,14 +275,14 @@ class QuantConv2d(_QuantBase):
     def __init__(
         self, in_channels: int, out_channels: int, kernel_size: list[int], stride: list[int] = (1, 1),
         padding: list[int] = (0, 0), dilation: list[int] = (1, 1), groups: int = 1, bias: bool = True, *,
-        bits: int = 8, relu: bool = False,
+        bits: int = 8, relu: bool = False, input_bits: int = 8,
     ) -> None:
         super().__init__()
         self.in_channels, self.out_channels, self.groups, self.relu = in_channels, out_channels, groups, relu
         self.kernel_size, self.stride = list(kernel_size), list(stride)
         self.padding, self.dilation = list(padding), list(dilation)
         self.group_size = 0
-        self._init_common(out_channels, (out_channels,), bias, "static", bits)
+        self._init_common(out_channels, (out_channels,), bias, "static", bits, input_bits)
         self.same_pad = False  # an instance attribute too: slimtorch.load sets the recorded value
         self.register_buffer("qweight", torch.zeros(out_channels, in_channels // groups, *self.kernel_size,
                                                     dtype=torch.int8))
@@ -269,7 +291,7 @@ class QuantConv2d(_QuantBase):
         return {"in_channels": self.in_channels, "out_channels": self.out_channels,
                 "kernel_size": self.kernel_size, "stride": self.stride, "padding": self.padding,
                 "dilation": self.dilation, "groups": self.groups, "bias": self.bias is not None,
-                "bits": self.bits, "relu": self.relu}
+                "bits": self.bits, "relu": self.relu, "input_bits": self.input_bits}
 
     def dequantized_weight(self) -> torch.Tensor:
         return dequantize(self.qweight, self.weight_scale, self.weight_zero_point, axis=0)
@@ -293,6 +315,8 @@ class QuantConv2d(_QuantBase):
             return self.reference(x).to(x.dtype)
         if x.dtype != torch.float32:  # the CPU kernels take float32 activations: compute in float32, return x's dtype
             return self.forward(x.float()).to(x.dtype)
+        if self._saturates():
+            return self.reference(x)
         if torch.compiler.is_compiling() and not self._traceable(x.shape[0]):
             return _outside_graph(self, x)
         if self.same_pad:
@@ -303,4 +327,5 @@ class QuantConv2d(_QuantBase):
                 self.qweight, self.weight_scale, *self._cache["qparams"], self.stride, self.padding, self.dilation,
                 self.groups, None)
         return kernels.qconv2d(x, self._cache["packed"], *self._cache["qparams"], self.weight_scale, self.bias,
-                               self.stride, self.padding, self.dilation, self.groups, self.relu)
+                               self.stride, self.padding, self.dilation, self.groups, self.relu,
+                               2**self.input_bits - 1)

@@ -20,6 +20,7 @@ from slimtorch.data import iter_inputs, run_hooked
 from slimtorch.errors import ConfigError, DataError, UnsupportedModelError
 from slimtorch.graph.surgery import replace_layer
 from slimtorch.layer_kinds import as_plain
+from slimtorch.quant import kernels
 from slimtorch.quant.config import DynamicQuant, StaticQuant, WeightOnlyQuant
 from slimtorch.quant.modules import QuantConv2d, QuantLinear
 from slimtorch.quant.observers import make_observer
@@ -168,7 +169,7 @@ def calibrate(model: nn.Module, names: list[str], data: Any, num_batches: int, o
     batches = progress(iter_inputs(data, num_batches), "calibrating", total=num_batches)
     if not run_hooked(model, batches, pre=hooks):
         raise DataError("calibration data yielded no batch; pass a DataLoader or an iterable of input batches")
-    return {n: observers[n].range(8, signed=False) for n in names}
+    return {n: observers[n].range(kernels.activation_bits(), signed=False) for n in names}
 
 
 def static_layers(model: nn.Module, config: StaticQuant, select: Sequence[str] | None
@@ -210,8 +211,9 @@ def apply_static(model: nn.Module, config: StaticQuant, *, data: Any = None, exa
         plain = as_plain(layer)
         q = quant_conv2d(plain, relu=relu) if isinstance(plain, nn.Conv2d) else quant_linear(
             plain, mode="static", relu=relu)
-        scale, zero = choose_qparams(torch.tensor(ranges[name][0]), torch.tensor(ranges[name][1]), bits=8,
-                                     symmetric=False, signed=False)
+        q.input_bits = kernels.activation_bits()
+        scale, zero = choose_qparams(torch.tensor(ranges[name][0]), torch.tensor(ranges[name][1]),
+                                     bits=q.input_bits, symmetric=False, signed=False)
         q.input_scale, q.input_zero_point = scale, zero
         replace_layer(model, name, q)
     logger.info("StaticQuant: %d layers to int8 (%d with ReLU fused)", len(chosen), len(fused))

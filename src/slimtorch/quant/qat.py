@@ -23,6 +23,7 @@ from slimtorch.config import Config
 from slimtorch.errors import ConfigError
 from slimtorch.graph.surgery import replace_layer
 from slimtorch.layer_kinds import as_plain
+from slimtorch.quant import kernels
 from slimtorch.quant.config import DynamicQuant, StaticQuant, WeightOnlyQuant
 from slimtorch.quant.fake import FakeQuantConv2d, FakeQuantLinear
 from slimtorch.quant.modules import QuantConv2d, QuantLinear
@@ -102,8 +103,9 @@ def _prepare_static(model: nn.Module, config: StaticQuant, *, data: Any = None, 
     fused = fuse_relus(model, example, {n for n, _ in chosen}) if config.fuse_relu and example is not None else set()
     for name, layer in chosen:
         plain = as_plain(layer)
-        fq = (FakeQuantConv2d(plain, bits=config.bits, act_bits=8) if isinstance(plain, nn.Conv2d)
-              else FakeQuantLinear(plain, bits=config.bits, act_bits=8, mode="static"))
+        act_bits = kernels.activation_bits()  # what this CPU's int8 kernels multiply exactly
+        fq = (FakeQuantConv2d(plain, bits=config.bits, act_bits=act_bits) if isinstance(plain, nn.Conv2d)
+              else FakeQuantLinear(plain, bits=config.bits, act_bits=act_bits, mode="static"))
         fq.fused_relu = name in fused
         replace_layer(model, name, fq)
         if fq.fused_relu:
@@ -151,8 +153,9 @@ def _integer(fq: nn.Module) -> nn.Module:
     if fq.bias is not None:
         out.bias = fq.bias.detach().float().clone()
     if fq.act_bits:
-        out.input_scale, out.input_zero_point = choose_qparams(fq.act_min, fq.act_max, bits=8, symmetric=False,
-                                                               signed=False)
+        out.input_bits = fq.act_bits
+        out.input_scale, out.input_zero_point = choose_qparams(fq.act_min, fq.act_max, bits=fq.act_bits,
+                                                               symmetric=False, signed=False)
     return out.to(w.device)
 
 
