@@ -80,22 +80,23 @@ def _(x, qweight, w_scale, w_zp, x_scale, x_zp, bias_q, bias_scale, stride, padd
 
 @torch.library.custom_op("slimtorch_export::dynamic_linear", mutates_args=())
 def dynamic_linear(x: torch.Tensor, qweight_t: torch.Tensor, w_scale: torch.Tensor, w_zp: torch.Tensor,
-                   bias: torch.Tensor | None, per_token: bool) -> torch.Tensor:
-    """Dynamic int8 linear on 2-D ``x`` [M, in]; ``qweight_t`` is the int8 weight transposed, [in, out]."""
+                   bias: torch.Tensor | None, per_token: bool, act_qmax: int = 255) -> torch.Tensor:
+    """Dynamic int8 linear on 2-D ``x`` [M, in]; ``qweight_t`` is the int8 weight transposed, [in, out]; per
+    tensor, the activation codes run 0..``act_qmax`` (255, or 127 as on CPUs without VNNI)."""
     if per_token:
         scale = x.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127.0
         xd = torch.clamp(torch.round(x / scale), -127, 127) * scale
-    else:  # DynamicQuantizeLinear: uint8 over the range of x extended to 0
+    else:  # DynamicQuantizeLinear (255): uint8 over the range of x extended to 0
         lo, hi = x.min().clamp(max=0), x.max().clamp(min=0)
-        scale = ((hi - lo) / 255.0).clamp(min=1e-12)
-        zp = torch.clamp(torch.round(-lo / scale), 0, 255)
-        xd = (torch.clamp(torch.round(x / scale) + zp, 0, 255) - zp) * scale
+        scale = ((hi - lo) / act_qmax).clamp(min=1e-12)
+        zp = torch.clamp(torch.round(-lo / scale), 0, act_qmax)
+        xd = (torch.clamp(torch.round(x / scale) + zp, 0, act_qmax) - zp) * scale
     out = xd @ (qweight_t.float() * w_scale)
     return out if bias is None else out + bias
 
 
 @dynamic_linear.register_fake
-def _(x, qweight_t, w_scale, w_zp, bias, per_token):
+def _(x, qweight_t, w_scale, w_zp, bias, per_token, act_qmax=255):
     return x.new_empty(x.shape[0], qweight_t.shape[1])
 
 
@@ -176,17 +177,27 @@ def qdq_conv2d_onnx(x, qweight, w_scale, w_zp, x_scale, x_zp, bias_q, bias_scale
     return _qdq_output(out, relu, y_scale, y_zp)
 
 
-def dynamic_linear_onnx(x, qweight_t, w_scale, w_zp, bias, per_token: bool):
-    """Dynamic int8: MatMulInteger on the activation quantized in the graph (per tensor or per row)."""
+def dynamic_linear_onnx(x, qweight_t, w_scale, w_zp, bias, per_token: bool, act_qmax: int = 255):
+    """Dynamic int8: MatMulInteger on the activation quantized in the graph (per row, or per tensor: by
+    DynamicQuantizeLinear for codes 0..255, spelled out for a narrower range)."""
     if per_token:
         scale = op.Div(op.Max(op.ReduceMax(op.Abs(x), op.Constant(value_ints=[1]), keepdims=1),
                               _const(1e-12, np.float32)), _const(127.0, np.float32))
         xq = op.Cast(op.Clip(op.Round(op.Div(x, scale)), _const(-127.0, np.float32), _const(127.0, np.float32)),
                      to=ir.DataType.INT8)
         acc = op.MatMulInteger(xq, qweight_t, _const(0, np.int8), w_zp)
-    else:
+    elif act_qmax == 255:
         xq, scale, zp = op.DynamicQuantizeLinear(x)
         acc = op.MatMulInteger(xq, qweight_t, zp, w_zp)
+    else:
+        qmax = _const(float(act_qmax), np.float32)
+        lo = op.Min(op.ReduceMin(x, keepdims=0), _const(0.0, np.float32))
+        hi = op.Max(op.ReduceMax(x, keepdims=0), _const(0.0, np.float32))
+        scale = op.Max(op.Div(op.Sub(hi, lo), qmax), _const(1e-12, np.float32))
+        zp = op.Clip(op.Round(op.Div(op.Neg(lo), scale)), _const(0.0, np.float32), qmax)
+        xq = op.Cast(op.Clip(op.Add(op.Round(op.Div(x, scale)), zp), _const(0.0, np.float32), qmax),
+                     to=ir.DataType.UINT8)
+        acc = op.MatMulInteger(xq, qweight_t, op.Cast(zp, to=ir.DataType.UINT8), w_zp)
     if per_token:  # row scales applied apart: ONNX Runtime's MatMulIntegerToFloat fusion mishandles [M, 1] ones
         out = op.Mul(op.Mul(op.Cast(acc, to=ir.DataType.FLOAT), w_scale), scale)
     else:

@@ -23,6 +23,7 @@ from slimtorch.io import onnx_ops  # noqa: F401  (registers the torch.ops.slimto
 from slimtorch.layer_kinds import pad_same
 from slimtorch.prune.sparse_linear import SparseLinear
 from slimtorch.quant.binary_modules import BinaryConv2d, BinaryLinear
+from slimtorch.quant.kernels import activation_bits
 from slimtorch.quant.modules import QuantConv2d, QuantLinear
 from slimtorch.quant.packing import pack_int4
 from slimtorch.quant.qparams import choose_qparams
@@ -42,6 +43,10 @@ def _static_buffers(twin: nn.Module, layer: QuantLinear | QuantConv2d,
     twin.register_buffer("w_zp", torch.zeros_like(layer.weight_scale, dtype=torch.int8))
     twin.register_buffer("x_scale", layer.input_scale.detach().float().reshape(()).clone())
     twin.register_buffer("x_zp", layer.input_zero_point.detach().reshape(()).to(torch.uint8).clone())
+    # 7-bit input codes (calibrated where uint8 x int8 products saturate): QuantizeLinear only caps at 255, so the
+    # input is first capped at the value of code 127, as the layer's kernel caps it
+    twin.x_max = (None if layer.input_bits >= 8 else
+                  float((2**layer.input_bits - 1 - layer.input_zero_point.float()) * layer.input_scale.float()))
     twin.register_buffer("y_scale", None if output_qparams is None else output_qparams[0].float().reshape(()))
     twin.register_buffer("y_zp", None if output_qparams is None else output_qparams[1].to(torch.uint8).reshape(()))
     if layer.bias is None:
@@ -63,6 +68,8 @@ class QDQLinear(nn.Module):
         _static_buffers(self, layer, output_qparams)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.x_max is not None:
+            x = x.clamp(max=self.x_max)
         y = ops.qdq_linear(x.reshape(-1, self.in_features), self.qweight, self.w_scale, self.w_zp, self.x_scale,
                            self.x_zp, self.bias_q, self.bias_scale, self.relu, self.y_scale, self.y_zp)
         return y.reshape(*x.shape[:-1], self.out_features)
@@ -79,6 +86,8 @@ class QDQConv2d(nn.Module):
         _static_buffers(self, layer, output_qparams)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.x_max is not None:
+            x = x.clamp(max=self.x_max)
         if self.same_pad:
             x = pad_same(x, self.kernel_size, self.stride, self.dilation)
         return ops.qdq_conv2d(x, self.qweight, self.w_scale, self.w_zp, self.x_scale, self.x_zp, self.bias_q,
@@ -87,11 +96,13 @@ class QDQConv2d(nn.Module):
 
 
 class DynamicLinear(nn.Module):
-    """Dynamic int8 Linear as an in-graph activation quantization + MatMulInteger."""
+    """Dynamic int8 Linear as an in-graph activation quantization + MatMulInteger (per tensor: as many
+    activation levels as the layer uses on the exporting CPU, see quant/kernels.py)."""
 
     def __init__(self, layer: QuantLinear) -> None:
         super().__init__()
         self.in_features, self.out_features, self.per_token = layer.in_features, layer.out_features, layer.per_token
+        self.act_qmax = 2 ** activation_bits() - 1
         self.register_buffer("qweight_t", layer.int_weight().detach().t().contiguous())  # [in, out]
         self.register_buffer("w_scale", layer.weight_scale.detach().float().clone())
         self.register_buffer("w_zp", torch.zeros_like(layer.weight_scale, dtype=torch.int8))
@@ -99,7 +110,7 @@ class DynamicLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = ops.dynamic_linear(x.reshape(-1, self.in_features), self.qweight_t, self.w_scale, self.w_zp, self.bias,
-                               self.per_token)
+                               self.per_token, self.act_qmax)
         return y.reshape(*x.shape[:-1], self.out_features)
 
 
