@@ -98,6 +98,22 @@ def test_weight_only_with_a_short_last_group_exports_and_agrees(bits, op, tmp_pa
     torch.testing.assert_close(out, ref, atol=2e-2 * float(ref.abs().max()), rtol=2e-2)
 
 
+def test_static_chain_matches_onnx_runtime_to_float_rounding(tmp_path):
+    # the layer keeps its bias on the int32 grid ONNX's QDQ bias uses: a bias rounded only in the export moved
+    # outputs by up to half a step, enough to flip the next layer's input codes (0.66% max error here before)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1)).eval()
+    x = torch.randn(4, 3, 16, 16)
+    st.quantize(model, st.StaticQuant(), data=[torch.randn(4, 3, 16, 16) for _ in range(3)] + [x])
+    step = model[2].input_scale * model[2].weight_scale
+    assert torch.allclose(model[2].bias / step, torch.round(model[2].bias / step), atol=1e-3)
+    path = st.export_onnx(model, x, tmp_path / "chain.onnx", check=False)
+    with torch.no_grad():
+        ref = model(x)
+    out = torch.as_tensor(OnnxModule(path)(x))
+    assert float((out - ref).abs().max() / ref.abs().max()) < 1e-4
+
+
 def test_int8_file_holds_integer_weights(digits_mlp, tmp_path):
     model, data = digits_mlp
     fp32 = st.export_onnx(model, data.example_inputs(1), tmp_path / "f.onnx", check=False)

@@ -75,6 +75,18 @@ class _QuantBase(nn.Module):
         """The static input grid as Python numbers (cached with the packed weight: read once, not per call)."""
         return float(self.input_scale), int(self.input_zero_point)
 
+    def set_input_grid(self, scale: torch.Tensor, zero_point: torch.Tensor, bits: int) -> None:
+        """Set a static layer's input quantization (uint8 codes 0..2**bits - 1) and put its bias on the int32 grid
+        of ``input_scale * weight_scale``, as int8 runtimes hold a bias (ONNX Runtime's QDQ format): the layer and
+        its ONNX export then add the same bias, where a bias rounded only in the export differs by up to half a
+        step, enough to flip codes in the next layer and, in deep networks, to grow."""
+        self.input_scale, self.input_zero_point, self.input_bits = scale, zero_point, bits
+        if self.bias is not None:
+            step = scale.float() * self.weight_scale
+            limit = float(2**31 - 1)
+            self.bias = torch.round(self.bias / step).clamp(-limit, limit) * step
+        self._cache = {}
+
     def _fake_input(self, x: torch.Tensor) -> torch.Tensor:
         """The float values the static layer's uint8 input represents (reference path)."""
         return fake_quantize(x, self.input_scale, self.input_zero_point, bits=self.input_bits, signed=False)

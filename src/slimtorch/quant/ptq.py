@@ -211,10 +211,10 @@ def apply_static(model: nn.Module, config: StaticQuant, *, data: Any = None, exa
         plain = as_plain(layer)
         q = quant_conv2d(plain, relu=relu) if isinstance(plain, nn.Conv2d) else quant_linear(
             plain, mode="static", relu=relu)
-        q.input_bits = kernels.activation_bits()
-        scale, zero = choose_qparams(torch.tensor(ranges[name][0]), torch.tensor(ranges[name][1]),
-                                     bits=q.input_bits, symmetric=False, signed=False)
-        q.input_scale, q.input_zero_point = scale, zero
+        bits = kernels.activation_bits()
+        scale, zero = choose_qparams(torch.tensor(ranges[name][0]), torch.tensor(ranges[name][1]), bits=bits,
+                                     symmetric=False, signed=False)
+        q.set_input_grid(scale, zero, bits)
         replace_layer(model, name, q)
     logger.info("StaticQuant: %d layers to int8 (%d with ReLU fused)", len(chosen), len(fused))
     record(model, StepSummary("StaticQuant", tuple(names), skipped))

@@ -153,9 +153,8 @@ def _integer(fq: nn.Module) -> nn.Module:
     if fq.bias is not None:
         out.bias = fq.bias.detach().float().clone()
     if fq.act_bits:
-        out.input_bits = fq.act_bits
-        out.input_scale, out.input_zero_point = choose_qparams(fq.act_min, fq.act_max, bits=fq.act_bits,
-                                                               symmetric=False, signed=False)
+        out.set_input_grid(*choose_qparams(fq.act_min, fq.act_max, bits=fq.act_bits, symmetric=False, signed=False),
+                           fq.act_bits)
     return out.to(w.device)
 
 
