@@ -20,6 +20,11 @@ KNOWN_FAULTS: dict[tuple[str, str], str] = {
         "tracer cannot trace its TensorFlow same-padding convolutions, so there is no peer figure to compare with "
         "(on the rows it traces, torch.ao FX x86 reaches the same or lower cosines); issue 21's equalization, "
         "bias correction and clipping search target such networks"),
+    ("timm/tf_mobilenetv3_small_minimal_100", "qat_static"): (
+        "on CPUs without VNNI (7-bit activation codes) the ONNX check fails on max error alone (0.129 of the largest "
+        "output, cosine 0.991): torch's fused quantize multiplies by 1 / scale where ONNX divides, which flips one "
+        "input code of the stem at a near tie (1-2 per million values), and this random-weight network amplifies "
+        "the flip; the layers' float references agree with ONNX Runtime to 3e-7"),
 }
 
 
