@@ -22,9 +22,9 @@ KNOWN_FAULTS: dict[tuple[str, str], str] = {
         "bias correction and clipping search target such networks"),
     ("timm/tf_mobilenetv3_small_minimal_100", "qat_static"): (
         "on CPUs without VNNI (7-bit activation codes) the ONNX check fails on max error alone (0.129 of the largest "
-        "output, cosine 0.991): torch's fused quantize multiplies by 1 / scale where ONNX divides, which flips one "
-        "input code of the stem at a near tie (1-2 per million values), and this random-weight network amplifies "
-        "the flip; the layers' float references agree with ONNX Runtime to 3e-7"),
+        "output, cosine 0.991): torch's fused quantize (quantize_per_tensor) rounds 1-2 values per million "
+        "differently from ONNX's QuantizeLinear at near ties, one such input code of the stem flips, and this "
+        "random-weight network amplifies it; the layers' float references agree with ONNX Runtime to 3e-7"),
 }
 
 
