@@ -30,12 +30,11 @@ dtype; the buffers stay float32 whatever the model's dtype.
 
 from __future__ import annotations
 
-import logging
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from slimtorch._log import logger
 from slimtorch.io.manifest import register_module
 from slimtorch.layer_kinds import pad_same
 from slimtorch.quant import kernels
@@ -44,13 +43,9 @@ from slimtorch.quant.qparams import dequantize, fake_quantize
 
 MODES = ("static", "dynamic", "weight_only")
 
-logger = logging.getLogger(__name__)
-
 
 class _QuantBase(nn.Module):
     """State common to quantized layers: buffers, a kernel cache cleared when new weights are loaded."""
-
-    input_bits = 8
 
     def _init_common(self, out: int, scale_shape: tuple[int, ...], bias: bool, mode: str, bits: int,
                      input_bits: int = 8) -> None:
