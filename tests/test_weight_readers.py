@@ -50,6 +50,20 @@ class WithMHA(nn.Module):
         return self.head(self.attn(h, h, h, need_weights=False)[0])
 
 
+class ReadsDeepDtype(nn.Module):
+    """Hugging Face ViTModel's pattern: ``self.embeddings.patch_embeddings.projection.weight.dtype`` in forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.embeddings = nn.Module()
+        self.embeddings.patch = nn.Linear(12, 8)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = x.to(self.embeddings.patch.weight.dtype)
+        return self.head(torch.relu(self.embeddings.patch(x)))
+
+
 def _swin():
     torchvision = pytest.importorskip("torchvision")
     return torchvision.models.SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[1, 1], num_heads=[2, 2],
@@ -59,6 +73,7 @@ def _swin():
 MODELS = {
     "custom": (Custom, lambda: torch.randn(4, 8), {"block.proj"}),
     "mha": (WithMHA, lambda: torch.randn(2, 5, 8), {"attn.out_proj"}),
+    "deep": (ReadsDeepDtype, lambda: torch.randn(4, 12), {"embeddings.patch"}),
     "swin": (_swin, lambda: torch.randn(2, 3, 32, 32),
              {"features.1.0.attn.qkv", "features.1.0.attn.proj", "features.3.0.attn.qkv", "features.3.0.attn.proj"}),
 }

@@ -189,13 +189,14 @@ def layer_kind(module: nn.Module) -> LayerKind:
                                 "own that slimtorch does not know; it is left as it is")
 
 
-_READS_CHILD_WEIGHT = re.compile(r"self\.(\w+)\.weight\b")
+_READS_CHILD_WEIGHT = re.compile(r"self\.(\w+(?:\.\w+)*)\.weight\b")
 
 
 @functools.cache
 def _children_weight_read(cls: type[nn.Module]) -> frozenset[str]:
-    """Attribute names ``x`` for which some ``forward`` in ``cls``'s MRO (below ``nn.Module``) reads
-    ``self.x.weight``; empty where no source is available."""
+    """Attribute paths ``x`` (``"out_proj"``, or ``"embeddings.patch_embeddings.projection"`` as Hugging Face ViT
+    reads) for which some ``forward`` in ``cls``'s MRO (below ``nn.Module``) reads ``self.x.weight``; empty where
+    no source is available."""
     names: set[str] = set()
     for klass in cls.__mro__:
         if klass is nn.Module or not issubclass(klass, nn.Module) or "forward" not in vars(klass):
@@ -223,11 +224,14 @@ def weight_readers(model: nn.Module) -> dict[str, str]:
     found = {}
     for name, parent in model.named_modules():
         for child in _children_weight_read(type(parent)):
-            if isinstance(getattr(parent, child, None), nn.Module):
-                label = name or "<model>"
-                found[f"{name}.{child}" if name else child] = (
-                    f"its parent {label} ({type(parent).__name__}) reads its .weight directly in forward; "
-                    "it stays as it is")
+            try:
+                parent.get_submodule(child)
+            except AttributeError:  # an attribute chain that is not a submodule path
+                continue
+            label = name or "<model>"
+            found[f"{name}.{child}" if name else child] = (
+                f"its parent {label} ({type(parent).__name__}) reads its .weight directly in forward; "
+                "it stays as it is")
     return found
 
 
