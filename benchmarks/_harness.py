@@ -33,7 +33,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 #: CPU features that decide which integer / bfloat16 kernels exist (AMX tiles make int8 GEMMs several times
 #: faster than AVX-512 VNNI): machines drawn for different sessions differ in them
-_ISA_FLAGS = ("avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
+_ISA_FLAGS = ("avx2", "avx_vnni", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
 
 
 def environment() -> dict[str, Any]:
