@@ -26,7 +26,7 @@ from slimtorch.quant.binary_modules import BinaryConv2d, BinaryLinear
 from slimtorch.quant.kernels import activation_bits
 from slimtorch.quant.modules import QuantConv2d, QuantLinear
 from slimtorch.quant.packing import pack_int4
-from slimtorch.quant.qparams import choose_qparams
+from slimtorch.quant.qparams import choose_qparams, int32_bias, whole_groups
 
 #: block sizes ONNX Runtime's MatMulNBits accepts (a power of two, at least 16)
 NBITS_BLOCKS = (16, 32, 64, 128, 256, 512, 1024, 2048)
@@ -53,9 +53,7 @@ def _static_buffers(twin: nn.Module, layer: QuantLinear | QuantConv2d,
         twin.bias_q = twin.bias_scale = None
         return
     bias_scale = twin.x_scale * twin.w_scale
-    limit = float(2**31 - 1)
-    twin.register_buffer("bias_q", torch.round(layer.bias.detach().float() / bias_scale).clamp(-limit, limit)
-                         .to(torch.int32))
+    twin.register_buffer("bias_q", int32_bias(layer.bias.detach(), bias_scale).to(torch.int32))
     twin.register_buffer("bias_scale", bias_scale)
 
 
@@ -121,8 +119,8 @@ class NBitsLinear(nn.Module):
     def __init__(self, layer: QuantLinear) -> None:
         super().__init__()
         self.in_features, self.out_features, self.block = layer.in_features, layer.out_features, layer.group_size
-        fill = -self.in_features % self.block  # a short last block is filled with zero codes
-        packed = pack_int4(F.pad(layer.int_weight().detach(), (0, fill))) if fill else layer.qweight.detach()
+        short = self.in_features % self.block  # a short last block is filled with zero codes
+        packed = pack_int4(whole_groups(layer.int_weight().detach(), self.block)) if short else layer.qweight.detach()
         self.register_buffer("blocks", packed.reshape(self.out_features, -1, self.block // 2).clone())
         self.register_buffer("scales", layer.weight_scale.detach().float().reshape(-1).clone())  # [N * blocks]
         self.register_buffer("bias", None if layer.bias is None else layer.bias.detach().float().clone())
@@ -138,8 +136,8 @@ class DequantLinear(nn.Module):
     def __init__(self, layer: QuantLinear) -> None:
         super().__init__()
         self.in_features, self.out_features, self.group_size = layer.in_features, layer.out_features, layer.group_size
-        fill = -self.in_features % self.group_size if self.group_size else 0  # whole groups: zero codes fill
-        self.register_buffer("qweight", F.pad(layer.int_weight().detach(), (0, fill)))  # a short last one
+        # whole groups: a short last one is filled with zero codes
+        self.register_buffer("qweight", whole_groups(layer.int_weight().detach(), self.group_size).clone())
         self.register_buffer("w_scale", layer.weight_scale.detach().float().clone())
         self.register_buffer("bias", None if layer.bias is None else layer.bias.detach().float().clone())
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from slimtorch.layer_kinds import pad_same
-from slimtorch.quant.qparams import choose_qparams, minmax, qrange
+from slimtorch.quant.qparams import choose_qparams, minmax, qrange, whole_groups
 
 
 def round_ste(x: torch.Tensor) -> torch.Tensor:
@@ -65,7 +65,7 @@ class _FakeQuantWeight(nn.Module):
         w = self.weight
         s = grad_scale(self.weight_scale, 1.0 / math.sqrt(w[0].numel() * qmax))
         if self.group_size:  # a short last group is filled with zeros, then cut off again
-            wg = F.pad(w, (0, -w.shape[1] % self.group_size)).reshape(w.shape[0], -1, self.group_size)
+            wg = whole_groups(w, self.group_size).reshape(w.shape[0], -1, self.group_size)
             fake = fake_quantize_ste(wg, s.unsqueeze(-1), 0.0, qmin, qmax).reshape(w.shape[0], -1)[:, : w.shape[1]]
         else:
             fake = fake_quantize_ste(w, s.reshape(-1, *([1] * (w.dim() - 1))), 0.0, qmin, qmax)

@@ -39,7 +39,7 @@ from slimtorch.io.manifest import register_module
 from slimtorch.layer_kinds import pad_same
 from slimtorch.quant import kernels
 from slimtorch.quant.packing import unpack_int4
-from slimtorch.quant.qparams import dequantize, fake_quantize
+from slimtorch.quant.qparams import dequantize, fake_quantize, int32_bias, whole_groups
 
 MODES = ("static", "dynamic", "weight_only")
 
@@ -78,8 +78,7 @@ class _QuantBase(nn.Module):
         self.input_scale, self.input_zero_point, self.input_bits = scale, zero_point, bits
         if self.bias is not None:
             step = scale.float() * self.weight_scale
-            limit = float(2**31 - 1)
-            self.bias = torch.round(self.bias / step).clamp(-limit, limit) * step
+            self.bias = int32_bias(self.bias, step) * step
         self._cache = {}
 
     def _fake_input(self, x: torch.Tensor) -> torch.Tensor:
@@ -250,12 +249,12 @@ class QuantLinear(_QuantBase):
                 candidates["int8pack_mm_bf16"] = lambda: torch.ops.aten._weight_int8pack_mm(
                     x2.to(torch.bfloat16), self.qweight, self._cache["s16"]).float()
         elif self.bits == 4 and self.group_size in (32, 64, 128, 256) and self.out_features % 16 == 0:
-            fill = -self.in_features % self.group_size  # the kernel takes whole groups: pad a short last one
-            if "int4" not in self._cache:  # with zero codes, and the input with zeros
-                self._cache["int4"] = kernels.pack_int4_for_cpu(F.pad(self.int_weight(), (0, fill)))
+            # the kernel takes whole groups: a short last one is filled with zero codes, the input with zeros
+            if "int4" not in self._cache:
+                self._cache["int4"] = kernels.pack_int4_for_cpu(whole_groups(self.int_weight(), self.group_size))
                 self._cache["sz"] = kernels.int4_scales_and_zeros(self.weight_scale)
                 self._cache["sz16"] = self._cache["sz"].to(torch.bfloat16)
-            xp = F.pad(x2, (0, fill)) if fill else x2
+            xp = whole_groups(x2, self.group_size)
             candidates["int4pack_mm"] = lambda: torch.ops.aten._weight_int4pack_mm_for_cpu(
                 xp, self._cache["int4"], self.group_size, self._cache["sz"])
             candidates["int4pack_mm_bf16"] = lambda: torch.ops.aten._weight_int4pack_mm_for_cpu(

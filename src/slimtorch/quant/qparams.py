@@ -89,6 +89,20 @@ def _grouped(x: torch.Tensor, group_size: int | None) -> torch.Tensor:
     return x.reshape(x.shape[0], -1, group_size)
 
 
+def whole_groups(x: torch.Tensor, group_size: int | None) -> torch.Tensor:
+    """``x`` with its last dimension filled with zeros up to a multiple of ``group_size`` (itself where it is
+    one, or without groups): the layout of kernels and ONNX operators that take whole groups only."""
+    fill = -x.shape[-1] % group_size if group_size else 0
+    return torch.nn.functional.pad(x, (0, fill)) if fill else x
+
+
+def int32_bias(bias: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    """The integers (as float32) nearest ``bias / step``, clamped to the int32 range: an int8 layer's bias as
+    int8 runtimes hold it, on the grid ``step = input_scale * weight_scale``."""
+    limit = float(2**31 - 1)
+    return torch.round(bias.float() / step).clamp(-limit, limit)
+
+
 def _ungrouped(xg: torch.Tensor, shape: torch.Size, group_size: int | None) -> torch.Tensor:
     """Inverse of :func:`_grouped`: back to ``shape``, without the fill of a short last group."""
     if group_size is None:
