@@ -138,32 +138,92 @@ def agree(cos_min: float, rel_max: float | None = None) -> Callable[[dict], None
     return check
 
 
-def _torch_ao(model: nn.Module, example: Any, calib: list[Any], qat: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """torch.ao's FX int8 flow (x86 backend) on ``model`` (changed in place) with the same calibration batches:
-    static post-training quantization, or QAT prepare (observers fed in training mode) and convert. Returns the
-    converted model's output on ``example`` and, for QAT, its fake-quant model's (else the float model's)."""
-    from torch.ao.quantization import get_default_qat_qconfig_mapping, get_default_qconfig_mapping
-    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx, prepare_qat_fx
+@dataclasses.dataclass(frozen=True)
+class Peer:
+    """A peer's implementation of a column on the same model: ``run(float_model, ctx)`` changes the float copy in
+    place and returns its output on the example and the reference that output is compared with."""
 
-    if qat:
-        prepared = prepare_qat_fx(model.train(), get_default_qat_qconfig_mapping("x86"), (example,))
-    else:
-        before = main_output(run_model(model, example)).clone()
-        prepared = prepare_fx(model.eval(), get_default_qconfig_mapping("x86"), (example,))
-    for batch in calib:
-        run_model(prepared, batch)
-    prepared.eval()
-    if qat:
-        before = main_output(run_model(prepared, example)).clone()
-    return main_output(run_model(convert_fx(prepared), example)), before
+    name: str
+    run: Callable[[nn.Module, dict], tuple[torch.Tensor, torch.Tensor]]
 
 
-def agree_or_peer(cos_min: float, margin: float, qat: bool = False) -> Callable[[dict], None]:
+def _torch_ao(qat: bool) -> Peer:
+    """torch.ao's FX int8 flow (x86 backend) with the same calibration batches: static post-training
+    quantization (compared with float), or QAT prepare (observers fed in training mode) and convert (compared with
+    its fake-quant model)."""
+
+    def run(model: nn.Module, ctx: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        from torch.ao.quantization import get_default_qat_qconfig_mapping, get_default_qconfig_mapping
+        from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx, prepare_qat_fx
+
+        example = ctx["example"]
+        if qat:
+            prepared = prepare_qat_fx(model.train(), get_default_qat_qconfig_mapping("x86"), (example,))
+        else:
+            before = main_output(run_model(model, example)).clone()
+            prepared = prepare_fx(model.eval(), get_default_qconfig_mapping("x86"), (example,))
+        for batch in ctx["calib"]:
+            run_model(prepared, batch)
+        prepared.eval()
+        if qat:
+            before = main_output(run_model(prepared, example)).clone()
+        return main_output(run_model(convert_fx(prepared), example)), before
+
+    return Peer("torch.ao FX x86" + (" QAT" if qat else ""), run)
+
+
+def _quantized_names(model: nn.Module) -> set[str]:
+    from slimtorch.quant.modules import QuantConv2d, QuantLinear
+
+    return {name for name, m in model.named_modules() if isinstance(m, QuantLinear | QuantConv2d)}
+
+
+def _torchao_int8_weight_only(model: nn.Module, ctx: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """torchao's ``Int8WeightOnlyConfig`` on the Linear layers slimtorch quantized (compared with float)."""
+    from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+    before = main_output(run_model(model.eval(), ctx["example"])).clone()
+    names = _quantized_names(ctx["model"])
+    quantize_(model, Int8WeightOnlyConfig(), filter_fn=lambda m, fqn: isinstance(m, nn.Linear) and fqn in names)
+    return main_output(run_model(model, ctx["example"])), before
+
+
+def _torchao_int4_numerics(group: int) -> Callable[[nn.Module, dict], tuple[torch.Tensor, torch.Tensor]]:
+    """torchao's int4 weight-only numbers (asymmetric uint4 groups of ``group`` inputs, its public
+    ``choose_qparams_affine`` / ``quantize_affine`` / ``dequantize_affine``) on the Linear layers slimtorch
+    quantized, as float weights: torchao 0.18's int4 kernels need CUDA or the mslk package, not on this CPU."""
+
+    def run(model: nn.Module, ctx: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        from torchao.quantization.quant_primitives import (
+            MappingType,
+            choose_qparams_affine,
+            dequantize_affine,
+            quantize_affine,
+        )
+
+        def rtn(w: torch.Tensor) -> torch.Tensor:
+            block = (1, w.shape[1])
+            scale, zp = choose_qparams_affine(w, MappingType.ASYMMETRIC, block, torch.uint8, 0, 15)
+            q = quantize_affine(w, block, scale, zp, torch.uint8, 0, 15)
+            return dequantize_affine(q, block, scale, zp, torch.uint8, 0, 15, output_dtype=w.dtype)
+
+        before = main_output(run_model(model.eval(), ctx["example"])).clone()
+        names = _quantized_names(ctx["model"])
+        with torch.no_grad():
+            for name, m in model.named_modules():
+                if isinstance(m, nn.Linear) and name in names:  # the shorter last group, as slimtorch's
+                    m.weight.copy_(torch.cat([rtn(w) for w in m.weight.split(group, dim=1)], dim=1))
+        return main_output(run_model(model, ctx["example"])), before
+
+    return run
+
+
+def agree_or_peer(cos_min: float, margin: float, peer: Peer, qat: bool = False) -> Callable[[dict], None]:
     """The output agrees with its reference (float; for QAT the prepared fake-quant model) within ``cos_min``
-    cosine, or within ``margin`` of what torch.ao's FX int8 flow reaches on the same model and calibration:
-    random deep networks amplify int8 rounding layer after layer (per-layer errors of 1e-4 become a few percent
-    over 50-80 layers), and the peer measures how much of a miss that is. No peer result (torch.ao cannot trace
-    the model): ``cos_min`` alone."""
+    cosine, or within ``margin`` of what ``peer`` reaches on the same model (and calibration): random deep
+    networks amplify rounding layer after layer (per-layer errors of 1e-4 become a few percent over 50-80
+    layers), and the peer measures how much of a miss that is. No peer result (it refuses the model): ``cos_min``
+    alone."""
 
     def check(ctx: dict) -> None:
         ref = ctx["applied"][1] if qat else ctx["ref"]
@@ -174,17 +234,18 @@ def agree_or_peer(cos_min: float, margin: float, qat: bool = False) -> Callable[
         if ctx["metrics"][name] >= cos_min:
             return
         try:
-            peer_out, peer_ref = _torch_ao(ctx["applied"][0], ctx["example"], ctx["calib"], qat)
-            peer = cosine(peer_out, peer_ref)
+            peer_out, peer_ref = peer.run(ctx["applied"][0], ctx)
+            result = cosine(peer_out, peer_ref)
         except Exception as err:  # torch.ao's FX tracer refuses many models
-            ctx["metrics"]["torch_ao"] = f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"
-            peer = None
+            ctx["metrics"]["peer"] = f"{peer.name}: {type(err).__name__}: {str(err).splitlines()[0][:120]}"
+            result = None
         else:
-            ctx["metrics"]["torch_ao_" + name] = peer
-        if peer is None or ctx["metrics"][name] < peer - margin:
+            ctx["metrics"]["peer"] = peer.name
+            ctx["metrics"]["peer_" + name] = result
+        if result is None or ctx["metrics"][name] < result - margin:
             versus = "converted vs fake-quant" if qat else "output vs float"
-            raise CheckFailed(f"{versus}: cosine {ctx['metrics'][name]:.5f} (>= {cos_min}, or >= torch.ao FX "
-                              f"x86's {'n/a' if peer is None else f'{peer:.5f}'} - {margin})")
+            raise CheckFailed(f"{versus}: cosine {ctx['metrics'][name]:.5f} (>= {cos_min}, or >= {peer.name}'s "
+                              f"{'n/a' if result is None else f'{result:.5f}'} - {margin})")
     return check
 
 
@@ -265,11 +326,14 @@ class Column:
     tolerance: str
 
 
-def _static(model: nn.Module, example: Any, calib: list[Any]) -> tuple[nn.Module, None]:
-    """Static int8; returns a float copy for the peer comparison (``agree_or_peer``)."""
-    float_copy = copy.deepcopy(model)
-    st.quantize(model, st.StaticQuant(), data=calib, example_inputs=example)
-    return float_copy, None
+def _quantize(config: st.Config) -> Callable[[nn.Module, Any, list[Any]], tuple[nn.Module, None]]:
+    """``st.quantize`` with ``config``; returns a float copy for the peer comparison (``agree_or_peer``)."""
+
+    def apply(model: nn.Module, example: Any, calib: list[Any]) -> tuple[nn.Module, None]:
+        float_copy = copy.deepcopy(model)
+        st.quantize(model, config, data=calib, example_inputs=example)
+        return float_copy, None
+    return apply
 
 
 def _qat(model: nn.Module, example: Any, calib: list[Any]) -> tuple[nn.Module, torch.Tensor]:
@@ -298,22 +362,30 @@ COLUMNS: dict[str, Column] = {
                             fewer_params(0.9999), "runs; one block removed (fewer parameters)"),
     "lowrank": Column(lambda m, x, c: st.decompose(m, st.LowRank(energy=0.99), data=c, example_inputs=x),
                       agree(0.95), "output cosine >= 0.95 vs float at 99% energy"),
-    "static_int8": Column(_static, all_of(quantized_layers("int"), agree_or_peer(0.98, 0.02)),
+    "static_int8": Column(_quantize(st.StaticQuant()), all_of(quantized_layers("int"),
+                                                               agree_or_peer(0.98, 0.02, _torch_ao(qat=False))),
                           "output cosine >= 0.98 vs float, or within 0.02 of torch.ao FX x86 static int8's on the "
                           "same model and calibration"),
     "dynamic_int8": Column(lambda m, x, c: st.quantize(m, st.DynamicQuant(), data=c, example_inputs=x),
                            all_of(quantized_layers("int"), agree(0.99)), "output cosine >= 0.99 vs float"),
-    "weight_int8": Column(lambda m, x, c: st.quantize(m, st.WeightOnlyQuant(bits=8, group_size=None), data=c,
-                                                      example_inputs=x),
-                          all_of(quantized_layers("int"), agree(0.999)), "output cosine >= 0.999 vs float"),
-    "weight_int4": Column(lambda m, x, c: st.quantize(m, st.WeightOnlyQuant(bits=4, group_size=32), data=c,
-                                                      example_inputs=x),
-                          all_of(quantized_layers("int"), agree(0.95)), "output cosine >= 0.95 vs float (group 32)"),
+    "weight_int8": Column(_quantize(st.WeightOnlyQuant(bits=8, group_size=None)),
+                          all_of(quantized_layers("int"),
+                                 agree_or_peer(0.999, 0.001,
+                                               Peer("torchao Int8WeightOnly", _torchao_int8_weight_only))),
+                          "output cosine >= 0.999 vs float, or within 0.001 of torchao's Int8WeightOnlyConfig on the "
+                          "same layers"),
+    "weight_int4": Column(_quantize(st.WeightOnlyQuant(bits=4, group_size=32)),
+                          all_of(quantized_layers("int"),
+                                 agree_or_peer(0.95, 0.02, Peer("torchao int4 (asymmetric, group 32)",
+                                                                _torchao_int4_numerics(32)))),
+                          "output cosine >= 0.95 vs float (group 32), or within 0.02 of torchao's int4 weight-only "
+                          "numbers (asymmetric groups of 32) on the same layers"),
     "binary": Column(lambda m, x, c: st.quantize(m, st.Binarize(), data=c, example_inputs=x),
                      quantized_layers("binary"), "runs; binarized layers hold 2 values per output row"),
     "ternary": Column(lambda m, x, c: st.quantize(m, st.Ternarize(), data=c, example_inputs=x),
                       quantized_layers("binary"), "runs; ternarized layers hold <= 3 values per output row"),
-    "qat_static": Column(_qat, all_of(quantized_layers("int"), agree_or_peer(0.99, 0.02, qat=True)),
+    "qat_static": Column(_qat, all_of(quantized_layers("int"),
+                                      agree_or_peer(0.99, 0.02, _torch_ao(qat=True), qat=True)),
                          "converted output cosine >= 0.99 vs the prepared fake-quant model, or within 0.02 of "
                          "torch.ao FX x86 QAT's (converted vs its fake-quant model) on the same model and data"),
 }

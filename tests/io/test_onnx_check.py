@@ -105,3 +105,40 @@ def test_missing_file_and_wrong_inputs(linear_file, tmp_path):
         st.check_agreement(model, tmp_path / "none.onnx", torch.randn(2, 16))
     with pytest.raises(st.DataError, match="expects 1 input"):
         st.check_agreement(model, path, (torch.randn(2, 16), torch.randn(2, 16)))
+
+
+def _chaotic(layers: int = 20, gain: float = 3.0) -> nn.Module:
+    """A deep tanh network with weights above the edge of chaos: float rounding grows layer after layer, so
+    PyTorch and ONNX Runtime (which sum in other orders) miss the fixed 1e-4 float bound."""
+    torch.manual_seed(0)
+    body = []
+    for _ in range(layers):
+        layer = nn.Linear(64, 64)
+        nn.init.normal_(layer.weight, std=gain / 8)
+        body += [layer, nn.Tanh()]
+    return nn.Sequential(*body, nn.Linear(64, 10)).eval()
+
+
+def test_a_chaotic_model_agrees_within_its_own_noise_floor(tmp_path):
+    model, x = _chaotic(), torch.randn(16, 64)
+    path = st.export_onnx(model, x, tmp_path / "chaos.onnx", check=False)
+    strict = st.check_agreement(model, path, x, tolerance=TOLERANCES["float"], raise_on_failure=False)
+    assert strict.max_rel_error > TOLERANCES["float"].max_rel_error  # the fixed bound alone is missed
+    floor = strict.noise_floor
+    assert floor is not None and floor.max_rel_error >= strict.max_rel_error and strict.passed
+    assert "noise floor" in strict.summary() and "within it" in strict.summary()
+    # a weight off by 0.5 in the first layer stands far above the floor: still caught
+    proto = onnx.load(str(path))
+    first = next(i for i in proto.graph.initializer if numpy_helper.to_array(i).shape == (64, 64))
+    w = numpy_helper.to_array(first).copy()
+    w[0, 0] += 0.5
+    first.CopyFrom(numpy_helper.from_array(w, first.name))
+    bad = tmp_path / "bad.onnx"
+    onnx.save(proto, str(bad))
+    with pytest.raises(st.UnsupportedModelError, match="DISAGREE.*noise floor"):
+        st.check_agreement(model, bad, x)
+
+
+def test_noise_floor_is_measured_only_when_a_bound_is_missed(linear_file):
+    model, path = linear_file
+    assert st.check_agreement(model, path, torch.randn(8, 16)).noise_floor is None

@@ -49,6 +49,16 @@ def test_linear_kernel_matches_reference(mode, bits, group, rows):
     assert torch.nn.functional.cosine_similarity(out.flatten(), lin(x).detach().flatten(), 0) > 0.98
 
 
+@pytest.mark.parametrize("choice,dtype", [("int8pack_mm_bf16", torch.bfloat16), ("int8pack_mm", torch.float32)])
+def test_input_rounding_names_the_dtype_the_chosen_kernel_multiplies_in(choice, dtype):
+    # what ONNX's agreement check nudges a weight-only layer's input by (the model's noise floor)
+    q = quant_linear(nn.Linear(32, 8), mode="weight_only", bits=8)
+    x = torch.randn(5, 3, 32)
+    kernels._CHOICE[q._weight_only_key(15)] = choice
+    assert q.input_rounding(x) == dtype
+    assert quant_linear(nn.Linear(32, 8), mode="dynamic").input_rounding(x) == torch.float32
+
+
 @pytest.mark.parametrize("in_features", [2, 40, 440])
 def test_weight_only_int8_runs_on_input_widths_not_a_multiple_of_16(in_features):
     # torch 2.13's bfloat16 _weight_int8pack_mm segfaults there (Swin v2's Linear(2, 512), RegNet's 440-wide head)

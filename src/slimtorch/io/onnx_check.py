@@ -3,12 +3,21 @@
 The tolerance depends on the compression: float layers must agree to float rounding; int8 layers round their
 activations to integers, and a value that lands within float rounding of a rounding boundary goes one integer
 step either way in the two runtimes, so they agree less tightly (but still closely).
+
+Some models amplify rounding so much that no fixed bound holds between two correct runtimes (deep networks with
+untrained weights, int8 ones above all: one activation code flipped in an early layer moves the output by
+percent). Where a bound is missed, the check measures the model's own noise floor -- how far PyTorch's output
+moves when the input of every layer is nudged by a few units of float rounding -- and accepts a disagreement no
+larger than that floor: the export is then as faithful as the model's arithmetic allows, and the report says so.
+A wrong export (a weight off, a layer dropped) still stands far above the floor of a model that is not chaos.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import numpy as np
@@ -16,6 +25,7 @@ import torch
 from torch import nn
 from torch.utils import _pytree as pytree
 
+from slimtorch._log import logger
 from slimtorch.data import call, iter_inputs
 from slimtorch.errors import DataError, UnsupportedModelError
 from slimtorch.io.onnx_runtime import open_session, session_feed
@@ -47,6 +57,21 @@ TOLERANCES: dict[str, Tolerance] = {
 
 
 @dataclasses.dataclass(frozen=True)
+class NoiseFloor:
+    """How far a model's output moves against itself under float-rounding-sized noise at every layer's input.
+
+    Attributes:
+        max_rel_error: largest ``max |nudged - torch| / max |torch|`` over the outputs (fraction).
+        cosine: smallest per-sample cosine similarity of the main output, nudged vs not.
+        top1_agreement: fraction of samples whose arg-max class survives the nudge (None: not class scores).
+    """
+
+    max_rel_error: float
+    cosine: float
+    top1_agreement: float | None
+
+
+@dataclasses.dataclass(frozen=True)
 class AgreementReport:
     """How closely ONNX Runtime reproduces the PyTorch model.
 
@@ -61,7 +86,10 @@ class AgreementReport:
             its largest score of each other); None when that output is not a class score vector.
         samples: rows (samples) compared.
         tolerance: the bounds applied.
-        passed: whether every bound was met.
+        passed: whether every bound was met, by the tolerance or within the noise floor.
+        noise_floor: how PyTorch's output moves against itself when every layer's input is nudged by
+            ``NUDGE_ULPS`` units of float rounding, measured only when a bound of ``tolerance`` was missed;
+            None otherwise.
     """
 
     kind: str
@@ -73,15 +101,23 @@ class AgreementReport:
     samples: int
     tolerance: Tolerance
     passed: bool
+    noise_floor: NoiseFloor | None = None
 
     def summary(self) -> str:
         """One line for logs and error messages."""
         top1 = "n/a" if self.top1_agreement is None else f"{self.top1_agreement:.4f}"
         verdict = "agree" if self.passed else "DISAGREE"
-        return (f"torch and onnxruntime {verdict} ({self.kind} tolerance) on {self.samples} samples: max abs "
+        line = (f"torch and onnxruntime {verdict} ({self.kind} tolerance) on {self.samples} samples: max abs "
                 f"error {self.max_abs_error:.3g}, max rel error {self.max_rel_error:.3g} "
                 f"(<= {self.tolerance.max_rel_error:g}), cosine {self.cosine:.6f} (>= {self.tolerance.min_cosine:g}),"
                 f" top-1 agreement {top1} (>= {self.tolerance.min_top1:g})")
+        if self.noise_floor is not None:
+            f = self.noise_floor
+            line += (f"; the model's own noise floor (every layer input nudged by {NUDGE_ULPS} units of float "
+                     f"rounding): max rel error {f.max_rel_error:.3g}, cosine {f.cosine:.6f}" + (
+                         "" if f.top1_agreement is None else f", top-1 {f.top1_agreement:.4f}") + (
+                         ": the runtimes agree within it" if self.passed else ""))
+        return line
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict."""
@@ -167,29 +203,69 @@ def check_agreement(
     session = open_session(onnx_path)
     was_training = model.training
     model.eval()
-    max_abs = max_rel = 0.0
-    cosines: list[np.ndarray] = []
-    agree = rows = 0
-    classify = True
+    refs, gots, batches = [], [], _batches(inputs, num_batches)
     try:
-        for batch in _batches(inputs, num_batches):
+        for batch in batches:
             feed = session_feed(session, batch)
-            try:
-                with torch.no_grad():
-                    out = call(model, batch)
-            except Exception as err:
-                raise DataError(f"the model failed on the inputs given to check_agreement ({type(err).__name__}: "
-                                f"{err}); pass inputs of the shape the model expects") from err
-            ref = [t.detach().float().cpu().numpy() for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+            refs.append(_run(model, batch))
             try:
                 got = session.run(None, feed)
             except Exception as err:  # ONNX Runtime's own exception types: wrong shapes or dtypes
                 raise DataError(f"ONNX Runtime rejected the inputs ({str(err).splitlines()[0]}); a file exported "
                                 "with dynamic_batch=False only takes its export batch size") from None
-            for r, g in zip(ref, got, strict=False):
+            for r, g in zip(refs[-1], got, strict=False):
                 if r.shape != g.shape:
                     raise UnsupportedModelError(f"ONNX output shape {g.shape} differs from the model's {r.shape}; "
                                                 "re-export with the inputs you run")
+            gots.append(got)
+        diff = _Difference.of(refs, gots, tol.max_rel_error)
+        floor = None
+        if not diff.within(tol):
+            with _nudged(model):
+                floor = _Difference.of(refs, [_run(model, b) for b in batches], tol.max_rel_error)
+    finally:
+        model.train(was_training)
+    passed = diff.within(tol) or (floor is not None and diff.within(floor.as_tolerance(tol)))
+    report = AgreementReport(kind=kind, max_abs_error=diff.max_abs, max_rel_error=diff.max_rel,
+                             cosine=float(diff.cosines.min()), mean_cosine=float(diff.cosines.mean()),
+                             top1_agreement=diff.top1, samples=int(diff.cosines.size), tolerance=tol, passed=passed,
+                             noise_floor=None if floor is None else floor.as_noise_floor())
+    if floor is not None and passed:
+        logger.warning("%s: %s", onnx_path, report.summary())
+    if raise_on_failure and not passed:
+        raise UnsupportedModelError(
+            f"{onnx_path}: {report.summary()}. Check the layers that were swapped for export (see the log), "
+            "compare on more representative inputs, or pass a looser st.io.onnx_check.Tolerance")
+    return report
+
+
+def _run(model: nn.Module, batch: Any) -> list[np.ndarray]:
+    """The model's tensor outputs on one batch, as float32 arrays."""
+    try:
+        with torch.no_grad():
+            out = call(model, batch)
+    except Exception as err:
+        raise DataError(f"the model failed on the inputs given to check_agreement ({type(err).__name__}: "
+                        f"{err}); pass inputs of the shape the model expects") from err
+    return [t.detach().float().cpu().numpy() for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Difference:
+    """How two runs of the same batches differ (the numbers of an :class:`AgreementReport`)."""
+
+    max_abs: float
+    max_rel: float
+    cosines: np.ndarray
+    top1: float | None
+
+    @classmethod
+    def of(cls, refs: list[list[np.ndarray]], gots: list[list[np.ndarray]], max_rel_error: float) -> _Difference:
+        """Compare ``gots`` with ``refs`` (per batch, per output); ``max_rel_error`` sets the near-tie margin."""
+        max_abs = max_rel = 0.0
+        cosines, agree, rows, classify = [], 0, 0, True
+        for ref, got in zip(refs, gots, strict=True):
+            for r, g in zip(ref, got, strict=False):
                 err = float(np.abs(r - g).max()) if r.size else 0.0
                 max_abs = max(max_abs, err)
                 max_rel = max(max_rel, err / max(float(np.abs(r).max()) if r.size else 0.0, 1e-12))
@@ -197,19 +273,53 @@ def check_agreement(
             cosines.append(_cosines(main_ref, main_got))
             classify = classify and main_ref.ndim >= 2 and main_ref.shape[-1] > 1
             if classify:
-                agree += _top1_agreeing(main_ref, main_got, tol.max_rel_error)
+                agree += _top1_agreeing(main_ref, main_got, max_rel_error)
                 rows += int(np.prod(main_ref.shape[:-1]))
+        cos = np.concatenate(cosines) if cosines else np.ones(1)
+        return cls(max_abs, max_rel, cos, agree / rows if classify and rows else None)
+
+    def within(self, tol: Tolerance) -> bool:
+        """Whether every bound of ``tol`` is met."""
+        return self.max_rel <= tol.max_rel_error and float(self.cosines.min()) >= tol.min_cosine and (
+            self.top1 is None or self.top1 >= tol.min_top1)
+
+    def as_tolerance(self, tol: Tolerance) -> Tolerance:
+        """Bounds as loose as this noise floor, never tighter than ``tol``."""
+        return Tolerance(max_rel_error=max(tol.max_rel_error, self.max_rel),
+                         min_cosine=min(tol.min_cosine, float(self.cosines.min())),
+                         min_top1=min(tol.min_top1, 1.0 if self.top1 is None else self.top1))
+
+    def as_noise_floor(self) -> NoiseFloor:
+        return NoiseFloor(max_rel_error=self.max_rel, cosine=float(self.cosines.min()), top1_agreement=self.top1)
+
+
+#: units of float rounding (``eps`` of the dtype) the noise floor nudges each layer input by: summing a dot product
+#: of tens to thousands of terms in another order, as another runtime does, moves its result by a few units; one
+#: unit alone flips almost no int8 code (none in a random MobileNet v2 whose ONNX export differs by cosine 0.989)
+NUDGE_ULPS = 4
+
+
+@contextlib.contextmanager
+def _nudged(model: nn.Module) -> Iterator[None]:
+    """Within the block, every leaf module's floating-point positional inputs are multiplied by
+    ``1 +- NUDGE_ULPS * eps`` of the dtype the layer computes in (random sign per element, seeded): what two
+    correct runtimes that round differently feed each layer. A layer computes in its input's dtype, or in the one
+    its ``input_rounding(x)`` names (weight-only layers on bfloat16-activation kernels)."""
+    gen = torch.Generator().manual_seed(0)
+
+    def nudge(module: nn.Module, args: tuple) -> tuple:
+        out = []
+        for a in args:
+            if isinstance(a, torch.Tensor) and a.is_floating_point() and a.numel():
+                rounding = module.input_rounding(a) if hasattr(module, "input_rounding") else a.dtype
+                sign = torch.randint(0, 2, a.shape, generator=gen).to(a.device, a.dtype) * 2 - 1
+                a = a * (1 + NUDGE_ULPS * torch.finfo(rounding).eps * sign)
+            out.append(a)
+        return tuple(out)
+
+    handles = [m.register_forward_pre_hook(nudge) for m in model.modules() if not any(True for _ in m.children())]
+    try:
+        yield
     finally:
-        model.train(was_training)
-    cos = np.concatenate(cosines) if cosines else np.ones(1)
-    top1 = agree / rows if classify and rows else None
-    passed = max_rel <= tol.max_rel_error and float(cos.min()) >= tol.min_cosine and (
-        top1 is None or top1 >= tol.min_top1)
-    report = AgreementReport(kind=kind, max_abs_error=max_abs, max_rel_error=max_rel, cosine=float(cos.min()),
-                             mean_cosine=float(cos.mean()), top1_agreement=top1, samples=int(cos.size),
-                             tolerance=tol, passed=passed)
-    if raise_on_failure and not passed:
-        raise UnsupportedModelError(
-            f"{onnx_path}: {report.summary()}. Check the layers that were swapped for export (see the log), "
-            "compare on more representative inputs, or pass a looser st.io.onnx_check.Tolerance")
-    return report
+        for h in handles:
+            h.remove()

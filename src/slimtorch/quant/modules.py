@@ -233,10 +233,19 @@ class QuantLinear(_QuantBase):
         best kernel rarely does)."""
         return ("dynamic_rows", self.in_features, self.out_features, 1 << max(rows - 1, 0).bit_length())
 
+    def _weight_only_key(self, rows: int) -> tuple:
+        return ("weight_only", self.bits, self.group_size, self.in_features, self.out_features, min(rows, 64))
+
+    def input_rounding(self, x: torch.Tensor) -> torch.dtype:
+        """The dtype this layer rounds inputs like ``x`` to before multiplying: bfloat16 where the weight-only
+        kernel race picked a bfloat16-activation kernel for their shape, else ``x``'s own dtype."""
+        rows = x.numel() // max(x.shape[-1], 1) if x.dim() else 1
+        chosen = kernels.chosen(self._weight_only_key(rows)) if self.mode == "weight_only" else None
+        return torch.bfloat16 if chosen is not None and chosen.endswith("_bf16") else x.dtype
+
     def _weight_only(self, x2: torch.Tensor) -> torch.Tensor:
         x2 = x2.contiguous()  # the packed kernels read dense rows: they reject sliced, transposed or expanded inputs
-        m = x2.shape[0]
-        key = ("weight_only", self.bits, self.group_size, self.in_features, self.out_features, min(m, 64))
+        key = self._weight_only_key(x2.shape[0])
         candidates = {"dequant_matmul": lambda: F.linear(x2, self.dequantized_weight())}
         # the packed kernels also run with bfloat16 activations (several times faster on CPUs with AVX512-BF16 or
         # AMX; activations then carry 8 significant bits): the race decides per shape
