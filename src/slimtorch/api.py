@@ -1,4 +1,4 @@
-"""The verbs. Each is a lookup from the config's type to the handler its family registered.
+"""The verbs. Each applies its config through the handler its family registered (``slimtorch.handlers``).
 
 Every verb changes the model it is given in place and returns it (as ``nn.Module.to`` does); deep-copy the
 model first to keep the original. Before a verb changes anything, lazy modules get their shapes from one forward on
@@ -13,39 +13,9 @@ from typing import Any
 
 from torch import nn
 
-from slimtorch.config import REGISTRY, Config
-from slimtorch.errors import ConfigError, UnsupportedModelError
-from slimtorch.preflight import check_finite, materialize
-
-Handler = Callable[..., nn.Module]
-
-#: config class -> function(model, config, *, data, example_inputs, select, seed) -> model
-HANDLERS: dict[type[Config], Handler] = {}
-
-
-def handler(config_cls: type[Config]) -> Callable[[Handler], Handler]:
-    """Decorator a family uses to register the function that applies ``config_cls``."""
-
-    def wrap(fn: Handler) -> Handler:
-        HANDLERS[config_cls] = fn
-        return fn
-
-    return wrap
-
-
-def _apply(stage: str, model: nn.Module, config: Config, **kwargs: Any) -> nn.Module:
-    if not isinstance(model, nn.Module):
-        raise UnsupportedModelError(f"{stage}() needs a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(config, Config) or config.stage != stage:
-        allowed = sorted(c.__name__ for c in REGISTRY.get(stage, {}).values())
-        raise ConfigError(f"{stage}() takes one of {allowed} as config, got {type(config).__name__}")
-    fn = HANDLERS.get(type(config))
-    if fn is None:
-        raise ConfigError(f"{type(config).__name__} has no handler registered; is its family installed?")
-    materialize(model, kwargs.get("example_inputs"))
-    check_finite(model)
-    out = fn(model, config, **kwargs)
-    return model if out is None else out
+from slimtorch.config import Config
+from slimtorch.errors import ConfigError
+from slimtorch.handlers import apply
 
 
 def prune(
@@ -70,7 +40,7 @@ def prune(
     Returns:
         The same model object, pruned.
     """
-    return _apply("prune", model, config, data=data, example_inputs=example_inputs, select=select, seed=seed)
+    return apply("prune", model, config, data=data, example_inputs=example_inputs, select=select, seed=seed)
 
 
 def decompose(
@@ -83,7 +53,7 @@ def decompose(
     seed: int = 0,
 ) -> nn.Module:
     """Replace layers of ``model`` in place by low-rank factorizations; returns the model."""
-    return _apply("decompose", model, config, data=data, example_inputs=example_inputs, select=select, seed=seed)
+    return apply("decompose", model, config, data=data, example_inputs=example_inputs, select=select, seed=seed)
 
 
 def quantize(
@@ -124,7 +94,7 @@ def quantize(
     """
     common = {"data": data, "example_inputs": example_inputs, "seed": seed}
     if not overrides:
-        return _apply("quantize", model, config, select=select, **common)
+        return apply("quantize", model, config, select=select, **common)
     # every override is checked before the first one changes the model
     if not hasattr(config, "exclude"):
         raise ConfigError(f"{type(config).__name__} has no exclude field, so it cannot take overrides")
@@ -137,8 +107,8 @@ def quantize(
     rest = dataclasses.replace(config, exclude=tuple(config.exclude) + tuple(overrides))
     for pattern, cfg in overrides.items():
         if cfg is not None:
-            _apply("quantize", model, cfg, select=[pattern], **common)
-    return _apply("quantize", model, rest, select=select, **common)
+            apply("quantize", model, cfg, select=[pattern], **common)
+    return apply("quantize", model, rest, select=select, **common)
 
 
 def compress(

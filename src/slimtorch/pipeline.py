@@ -18,6 +18,7 @@ from slimtorch._log import logger
 from slimtorch.config import Config
 from slimtorch.data import iter_inputs
 from slimtorch.errors import ArtifactError, DataError
+from slimtorch.handlers import apply
 from slimtorch.measure.layers import layer_table
 from slimtorch.measure.metrics import Metrics, measure, retime_side_by_side
 from slimtorch.preflight import check_finite, materialize
@@ -79,13 +80,11 @@ def check_data(recipe: Recipe, data: Any) -> None:
 
 def _apply_stage(model: nn.Module, cfg: Config, *, data: Any, example_inputs: Any, teacher: nn.Module | None,
                  seed: int) -> nn.Module:
-    from slimtorch import api
     from slimtorch.train.finetune import Finetune, finetune
 
     if isinstance(cfg, Finetune):
         return finetune(model, data, teacher=teacher, config=cfg, seed=seed)
-    verb = getattr(api, cfg.stage)
-    return verb(model, cfg, data=data, example_inputs=example_inputs, seed=seed)
+    return apply(cfg.stage, model, cfg, data=data, example_inputs=example_inputs, select=None, seed=seed)
 
 
 def _checkpoint_path(out_dir: Path, index: int) -> Path:

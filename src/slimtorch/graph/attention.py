@@ -137,7 +137,6 @@ def convert_attention(model: nn.Module, names: set[str] | None = None) -> list[s
             continue
         if module.bias_k is not None or module.add_zero_attn:
             continue
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child, SlimMultiheadAttention.from_torch(module))
+        model.set_submodule(name, SlimMultiheadAttention.from_torch(module))
         done.append(name)
     return done

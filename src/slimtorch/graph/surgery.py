@@ -240,14 +240,9 @@ def fold_batchnorms(model: nn.Module, example_inputs) -> list[tuple[str, str]]:
         pairs.append((src.module, op.module))
     for conv_name, bn_name in pairs:
         fused = fold_conv_bn(model.get_submodule(conv_name), model.get_submodule(bn_name))
-        _set_module(model, conv_name, fused)
-        _set_module(model, bn_name, nn.Identity())
+        model.set_submodule(conv_name, fused)
+        model.set_submodule(bn_name, nn.Identity())
     return pairs
-
-
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
 def replace_layer(model: nn.Module, name: str, twin: nn.Module) -> nn.Module:
@@ -275,5 +270,5 @@ def replace_layer(model: nn.Module, name: str, twin: nn.Module) -> nn.Module:
             raise ValueError(f"{type(twin).__name__} cannot pad 'same' like layer {name!r}; it needs a same_pad "
                              "attribute")
         set_tracked_attr(twin, "same_pad", True)
-    _set_module(model, name, twin)
+    model.set_submodule(name, twin)
     return old

@@ -165,8 +165,7 @@ def _rebuild(model: nn.Module, modules: dict[str, dict[str, Any]], file_bytes: C
             raise ArtifactError(f"the manifest replaces the root module by {entry['type']}; pass that module type "
                                 "as model=")
         _check_size(entry, mpath, current, file_bytes(mpath))
-        parent_name, _, child = mpath.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, manifest.build(entry, mpath))
+        model.set_submodule(mpath, manifest.build(entry, mpath))
 
 
 def _plain_attribute(module: nn.Module, key: str) -> bool:

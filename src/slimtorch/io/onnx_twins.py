@@ -209,11 +209,6 @@ def twin_for(module: nn.Module, output_qparams: tuple[torch.Tensor, torch.Tensor
     return None
 
 
-def _set(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, module)
-
-
 def calibrate_outputs(model: nn.Module, data: Any, num_batches: int = 8) -> dict[str, tuple[torch.Tensor, ...]]:
     """uint8 ``(scale, zero_point)`` of the output range of every static int8 layer, seen on ``data`` (none: ``{}``).
 
@@ -269,12 +264,12 @@ def export_twins(model: nn.Module, output_qparams: dict[str, tuple[torch.Tensor,
                     continue
                 twin = twin_for(module, qparams.get(name))
                 if twin is not None:
-                    _set(model, name, twin)
+                    model.set_submodule(name, twin)
                     swapped.append((name, module))
         model.eval()
         names = {name: type(model.get_submodule(name)).__name__ for name, _ in swapped}
         yield (model, names) if top is None else (top.eval(), {"": type(top).__name__})
     finally:
         for name, module in reversed(swapped):
-            _set(model, name, module)
+            model.set_submodule(name, module)
         model.train(was_training)

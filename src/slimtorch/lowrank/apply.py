@@ -8,10 +8,10 @@ from typing import Any
 from torch import nn
 
 from slimtorch._log import logger, progress
-from slimtorch.api import handler
 from slimtorch.data import iter_inputs
 from slimtorch.errors import ConfigError, DataError
 from slimtorch.graph.surgery import replace_layer
+from slimtorch.handlers import handler
 from slimtorch.layer_kinds import as_plain, layer_kind
 from slimtorch.lowrank.calibrate import record, reference_outputs, sensitivity
 from slimtorch.lowrank.config import LowRank

@@ -86,14 +86,6 @@ def record(model: nn.Module, layers: Sequence[Layer], batches: Iterable[Any], mo
                 layer.white = whitening(sums[layer.name] / counts[layer.name])
 
 
-def replace(model: nn.Module, name: str, module: nn.Module) -> nn.Module:
-    """Put ``module`` at ``name`` in ``model``; returns the module that was there."""
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    old = getattr(parent, child)
-    setattr(parent, child, module)
-    return old
-
 
 def output_error(model: nn.Module, batches: Sequence[Any], reference: Sequence[torch.Tensor]) -> float:
     """Relative squared error ``sum ||y - y_ref||^2 / sum ||y_ref||^2`` of the model's outputs (fraction)."""
@@ -125,7 +117,7 @@ def sensitivity(
         try:
             errors[rank] = output_error(model, batches, reference)
         finally:
-            replace(model, layer.name, original)
+            model.set_submodule(layer.name, original)
         if errors[rank] > ERROR_CAP:
             break
     return errors

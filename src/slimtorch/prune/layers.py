@@ -16,10 +16,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from slimtorch._log import logger
-from slimtorch.api import handler
 from slimtorch.config import Config, check_range, register
 from slimtorch.data import call, first_tensor, iter_inputs, run_hooked
 from slimtorch.errors import ConfigError, DataError, UnsupportedModelError
+from slimtorch.handlers import handler
 from slimtorch.io.manifest import register_module
 from slimtorch.select import matches
 
@@ -126,13 +126,6 @@ _LEAVES = (nn.Linear, nn.modules.conv._ConvNd, nn.modules.batchnorm._NormBase, n
            nn.Embedding, nn.MultiheadAttention)
 
 
-def _set(model: nn.Module, name: str, module: nn.Module) -> nn.Module:
-    parent, _, child = name.rpartition(".")
-    owner = model.get_submodule(parent) if parent else model
-    old = getattr(owner, child)
-    setattr(owner, child, module)
-    return old
-
 
 def score_blocks(model: nn.Module, blocks: dict[str, bool], batches: list[Any], metric: str) -> dict[str, float]:
     """Removal cost of each block: ``1 - similarity`` ("cosine") or the model-output change ("output")."""
@@ -147,14 +140,15 @@ def score_blocks(model: nn.Module, blocks: dict[str, bool], batches: list[Any], 
         refs = [first_tensor(call(model, inputs)) for inputs in batches]
         costs = {}
         for n, tup in blocks.items():
-            old = _set(model, n, Skip(tup))
+            old = model.get_submodule(n)
+            model.set_submodule(n, Skip(tup))
             try:
                 costs[n] = sum(output_change(r, first_tensor(call(model, i))) for r, i in zip(refs, batches,
                                                                                               strict=True))
             except (RuntimeError, ValueError):
                 costs[n] = float("inf")
             finally:
-                _set(model, n, old)
+                model.set_submodule(n, old)
     return costs
 
 
@@ -187,7 +181,9 @@ def apply_layers(model: nn.Module, config: LayerPruning, *, data: Any = None, ex
         shape = first_tensor(call(model.eval(), example)).shape
     costs = score_blocks(model, blocks, batches, config.metric)
     chosen = sorted(costs, key=lambda n: (costs[n], n))[:config.num_layers]
-    removed = {n: _set(model, n, Skip(blocks[n])) for n in chosen}
+    removed = {n: model.get_submodule(n) for n in chosen}
+    for n in chosen:
+        model.set_submodule(n, Skip(blocks[n]))
     try:
         with torch.no_grad():
             got = first_tensor(call(model, example)).shape
@@ -195,7 +191,7 @@ def apply_layers(model: nn.Module, config: LayerPruning, *, data: Any = None, ex
             raise RuntimeError(f"output shape {tuple(got)} != {tuple(shape)}")
     except (RuntimeError, ValueError, StopIteration) as err:
         for n, old in removed.items():
-            _set(model, n, old)
+            model.set_submodule(n, old)
         model.train(was)
         raise UnsupportedModelError(f"the model does not run without blocks {chosen} ({err}); it was restored. "
                                     "Name removable blocks with candidates=[...]") from None

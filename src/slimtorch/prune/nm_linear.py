@@ -29,7 +29,7 @@ from slimtorch.errors import ConfigError, UnsupportedModelError
 from slimtorch.graph.surgery import replace_layer
 from slimtorch.io.manifest import register_module
 from slimtorch.prune.semistructured import nm_violations
-from slimtorch.prune.sparse_linear import _layer_inputs, _swap, kernel_candidates
+from slimtorch.prune.sparse_linear import _layer_inputs, kernel_candidates
 from slimtorch.summary import StepSummary, record
 
 HALF = {"float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -255,7 +255,7 @@ def use_nm_kernels(
         results["model"] = {"dense_ms": ms["dense"], "sparse_ms": ms["sparse"], "speedup": whole, "switched": keep}
         if not keep:
             for name, linear in winners.items():
-                _swap(model, name, linear)
+                model.set_submodule(name, linear)
                 results[name]["switched"] = False
     for name, r in results.items():
         if name != "model":

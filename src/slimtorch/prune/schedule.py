@@ -22,10 +22,10 @@ import torch
 from torch import nn
 
 from slimtorch._log import logger
-from slimtorch.api import handler
 from slimtorch.config import Config, check_range, register
 from slimtorch.data import as_loader
 from slimtorch.errors import ConfigError, DataError
+from slimtorch.handlers import handler
 from slimtorch.prune import importance as imp
 from slimtorch.prune.channel_scores import recalibrate_batchnorm
 from slimtorch.prune.masks import MASK, attach_mask

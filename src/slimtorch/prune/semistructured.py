@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from slimtorch._log import logger
-from slimtorch.api import handler
 from slimtorch.config import Config, check_range, register
 from slimtorch.errors import ConfigError
+from slimtorch.handlers import handler
 from slimtorch.layer_kinds import is_transposed_linear
 from slimtorch.prune.masks import MASK, attach_mask, make_permanent
 from slimtorch.prune.unstructured import choose_layers, layer_scores, report

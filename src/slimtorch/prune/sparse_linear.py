@@ -123,11 +123,6 @@ def time_layer(linear: nn.Linear, x: torch.Tensor, *, blocks: int = 10, max_seco
     return {"dense_ms": timings["dense"].median_ms, "sparse_ms": timings["sparse"].median_ms}
 
 
-def _swap(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, module)
-
-
 def kernel_candidates(model: nn.Module, layers: Sequence[str] | None) -> tuple[dict[str, nn.Linear], dict[str, str]]:
     """The Linear layers (named in ``layers``, or all) a kernel swap may replace, each as the plain
     ``nn.Linear`` it computes (GPT-2's ``Conv1D`` transposed), and the subclasses it must leave alone.
@@ -201,7 +196,7 @@ def use_sparse_kernels(
                             "speedup": whole, "switched": keep}
         if not keep:
             for name, linear in winners.items():
-                _swap(model, name, linear)
+                model.set_submodule(name, linear)
                 results[name]["switched"] = False
     for name in names:
         if name in results:

@@ -16,7 +16,6 @@ import torch
 from torch import nn
 
 from slimtorch._log import logger
-from slimtorch.api import handler
 from slimtorch.config import Config, check_range, register
 from slimtorch.data import call, iter_inputs
 from slimtorch.errors import ConfigError, DataError, UnsupportedModelError
@@ -25,6 +24,7 @@ from slimtorch.graph.explain import explain, warn_untouched
 from slimtorch.graph.groups import ChannelGraph, Group, build
 from slimtorch.graph.surgery import kept_entries, shrink
 from slimtorch.graph.widths import config_mismatches
+from slimtorch.handlers import handler
 from slimtorch.prune.channel_scores import (
     choose_channels,
     group_scores,

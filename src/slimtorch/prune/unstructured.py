@@ -16,9 +16,9 @@ import torch
 from torch import nn
 
 from slimtorch._log import logger
-from slimtorch.api import handler
 from slimtorch.config import Config, check_range, register
 from slimtorch.errors import ConfigError
+from slimtorch.handlers import handler
 from slimtorch.layer_kinds import masking_reason
 from slimtorch.prune import importance as imp
 from slimtorch.prune.masks import MASK, attach_mask, is_masked, make_permanent

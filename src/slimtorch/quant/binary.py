@@ -20,11 +20,11 @@ import torch
 from torch import nn
 
 from slimtorch._log import logger
-from slimtorch.api import handler
 from slimtorch.config import Config, check_range, register
 from slimtorch.data import call, iter_inputs, run_hooked
 from slimtorch.errors import ConfigError, DataError
 from slimtorch.graph.surgery import replace_layer
+from slimtorch.handlers import handler
 from slimtorch.layer_kinds import as_plain
 from slimtorch.quant.binary_math import TWN_THRESHOLD
 from slimtorch.quant.binary_qat import BinaryQATConv2d, BinaryQATLinear

@@ -14,11 +14,11 @@ import torch
 from torch import nn
 
 from slimtorch._log import logger, progress
-from slimtorch.api import handler
 from slimtorch.config import Config
 from slimtorch.data import iter_inputs, run_hooked
 from slimtorch.errors import ConfigError, DataError, UnsupportedModelError
 from slimtorch.graph.surgery import replace_layer
+from slimtorch.handlers import handler
 from slimtorch.layer_kinds import as_plain
 from slimtorch.quant import kernels
 from slimtorch.quant.config import DynamicQuant, StaticQuant, WeightOnlyQuant
@@ -93,12 +93,6 @@ def string_padding(layer: nn.Module) -> str | None:
     return None
 
 
-def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    """Replace the submodule called ``name`` in ``model``."""
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, module)
-
-
 def _bias(m: nn.Module) -> torch.Tensor | None:
     return None if m.bias is None else m.bias.detach().float().clone()
 
@@ -149,7 +143,7 @@ def fuse_relus(model: nn.Module, example_inputs: Any, names: set[str]) -> set[st
             continue
         src = producer.get(op.refs()[0])
         if src and uses.get(op.refs()[0]) == 1 and isinstance(model.get_submodule(op.module), nn.ReLU):
-            set_module(model, op.module, nn.Identity())
+            model.set_submodule(op.module, nn.Identity())
             fused.add(src)
     return fused
 

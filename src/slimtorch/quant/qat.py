@@ -28,7 +28,7 @@ from slimtorch.quant.config import DynamicQuant, StaticQuant, WeightOnlyQuant
 from slimtorch.quant.fake import FakeQuantConv2d, FakeQuantLinear
 from slimtorch.quant.modules import QuantConv2d, QuantLinear
 from slimtorch.quant.packing import pack_int4
-from slimtorch.quant.ptq import chosen_layers, fuse_relus, set_module, static_layers
+from slimtorch.quant.ptq import chosen_layers, fuse_relus, static_layers
 from slimtorch.quant.qparams import choose_qparams, quantize
 from slimtorch.summary import StepSummary, record
 
@@ -109,7 +109,7 @@ def _prepare_static(model: nn.Module, config: StaticQuant, *, data: Any = None, 
         fq.fused_relu = name in fused
         replace_layer(model, name, fq)
         if fq.fused_relu:
-            set_module(model, name, _with_relu(fq))
+            model.set_submodule(name, _with_relu(fq))
     logger.info("prepare_qat(StaticQuant): %d layers", len(chosen))
     record(model, StepSummary("StaticQuant", tuple(n for n, _ in chosen), skipped))
     return model.train()
@@ -161,7 +161,7 @@ def _integer(fq: nn.Module) -> nn.Module:
 def _convert_int(model: nn.Module) -> nn.Module:
     for name, m in list(model.named_modules()):
         if isinstance(m, _ReluAfter):
-            set_module(model, name, m[0])  # its integer layer applies the ReLU (fused_relu)
+            model.set_submodule(name, m[0])  # its integer layer applies the ReLU (fused_relu)
     for name, m in list(model.named_modules()):
         if isinstance(m, FakeQuantLinear | FakeQuantConv2d):
             replace_layer(model, name, _integer(m))  # carries same_pad

@@ -19,6 +19,7 @@ from torch import nn
 from slimtorch.config import Config
 from slimtorch.data import call, first_tensor, iter_inputs
 from slimtorch.errors import ConfigError, DataError
+from slimtorch.handlers import HANDLERS, apply
 
 
 def relative_error(reference: torch.Tensor, output: torch.Tensor) -> float:
@@ -58,7 +59,6 @@ def quant_sensitivity(
         ConfigError: the config cannot be restricted to one layer, or chooses no layer.
         DataError: the data yields no batch.
     """
-    from slimtorch.api import HANDLERS, quantize
     from slimtorch.quant.ptq import chosen_layers
 
     if "include" not in {f.name for f in dataclasses.fields(config)} or type(config) not in HANDLERS:
@@ -79,7 +79,7 @@ def quant_sensitivity(
         if hasattr(trial, "calibration_batches"):
             trial = dataclasses.replace(trial, calibration_batches=min(trial.calibration_batches, len(batches)))
         try:
-            q = quantize(copy.deepcopy(model), trial, data=batches)
+            q = apply("quantize", copy.deepcopy(model), trial, data=batches)
         except ConfigError:
             continue  # a layer this method cannot take (e.g. a subclass with a forward of its own, alone)
         with torch.no_grad():
