@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import main  # noqa: E402
 
 import slimtorch as st  # noqa: E402
-from slimtorch.io.onnx_runtime import OnnxModule, open_session, session_feed  # noqa: E402
 from slimtorch.measure.latency import time_alternating  # noqa: E402
+from slimtorch.onnx.runtime import OnnxModule, open_session, session_feed  # noqa: E402
 
 CALIBRATION_BATCHES = 8
 

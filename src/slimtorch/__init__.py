@@ -1,7 +1,7 @@
 # ruff: noqa: I001
 """slimtorch: make trained PyTorch models smaller and faster, with measured size, speed and accuracy."""
 
-__version__ = "0.1.0"
+from slimtorch._version import __version__  # noqa: E402
 
 # Import order matters: the verbs come last because they shadow subpackage names (slimtorch.prune, ...).
 from slimtorch import zoo  # noqa: E402
@@ -14,8 +14,9 @@ from slimtorch.errors import (  # noqa: E402
 )
 from slimtorch.io.load import load  # noqa: E402
 from slimtorch.io.save import save  # noqa: E402
-from slimtorch.io.onnx import export_onnx  # noqa: E402
-from slimtorch.io.onnx_check import AgreementReport, Tolerance, check_agreement  # noqa: E402
+from slimtorch.onnx.export import export_onnx  # noqa: E402
+from slimtorch.onnx.check import AgreementReport, Tolerance, check_agreement  # noqa: E402
+from slimtorch.onnx import measure as _onnx_measure  # noqa: E402, F401  (registers measure(runtime="onnxruntime"))
 from slimtorch.measure import Comparison, Metrics, compare, measure  # noqa: E402
 from slimtorch.train.finetune import Finetune, finetune  # noqa: E402
 from slimtorch.recipe import Recipe, load_recipe  # noqa: E402

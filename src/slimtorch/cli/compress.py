@@ -58,7 +58,7 @@ def compress_and_report(resolved: Any, recipe: Any, data: Any, out: Path, *, bat
         data = resolved.data
     check_data(recipe, data)
     if "onnx" in recipe.export:
-        from slimtorch.io import onnx as _onnx  # noqa: F401  (fail before any work if ONNX export is missing)
+        from slimtorch.onnx import export as _onnx  # noqa: F401  (fail before any work if ONNX export is missing)
     example = _example(resolved, data, batch_size)
     eval_fn = getattr(data, "evaluate", None)
     model = resolved.model
@@ -70,7 +70,7 @@ def compress_and_report(resolved: Any, recipe: Any, data: Any, out: Path, *, bat
     if "safetensors" in recipe.export:
         artifacts["safetensors"] = str(save(model, out / "model", extra={"recipe": recipe.to_dict()}))
     if "onnx" in recipe.export:
-        from slimtorch.io.onnx import export_onnx
+        from slimtorch.onnx.export import export_onnx
 
         onnx_example = example[:1] if isinstance(example, torch.Tensor) else example
         # static int8 layers chain uint8 outputs (QLinearConv/QGemm in ONNX Runtime), calibrated on the data

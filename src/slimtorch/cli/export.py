@@ -44,9 +44,9 @@ def run(args: argparse.Namespace) -> int:
     from slimtorch.cli.data_spec import resolve_data
     from slimtorch.io.atomic import write_text
     from slimtorch.io.load import load
-    from slimtorch.io.onnx import export_onnx
-    from slimtorch.io.onnx_check import check_agreement
     from slimtorch.measure import measure
+    from slimtorch.onnx.check import check_agreement
+    from slimtorch.onnx.export import export_onnx
     from slimtorch.preflight import materialize
 
     resolved = resolve_model(args.model, args.weights)

@@ -7,7 +7,7 @@ import logging
 import sys
 from typing import NoReturn
 
-from slimtorch import __version__
+from slimtorch._version import __version__
 from slimtorch.errors import SlimError
 
 VERBS = ("demo", "compress", "measure", "export")

@@ -1,1 +1,1 @@
-"""Saving, loading and exporting models without pickle."""
+"""Saving and loading models without pickle: safetensors and a JSON manifest (the storage floor)."""

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from slimtorch._version import __version__
 from slimtorch.errors import ArtifactError
 from slimtorch.io import architecture, manifest, sparse_storage
 from slimtorch.io.atomic import publish, temporary_sibling
@@ -117,7 +118,6 @@ def save(
         else:
             tensors[name] = t.contiguous().clone()
 
-    from slimtorch import __version__
 
     header = {
         "format": manifest.FORMAT,

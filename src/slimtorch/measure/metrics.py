@@ -81,6 +81,11 @@ def retime_side_by_side(records: dict[str, tuple[nn.Module, Metrics]], example_i
             for name, (_, m) in records.items()}
 
 
+#: runtime name -> the function measuring a model in it, for runtimes other than "torch": ``slimtorch.onnx.runtime``
+#: registers "onnxruntime" (``import slimtorch`` imports it), so that this floor never imports the ONNX one above it
+RUNTIMES: dict[str, Callable[..., Metrics]] = {}
+
+
 def measure(
     model: nn.Module | str,
     example_inputs: Any,
@@ -118,13 +123,12 @@ def measure(
         >>> m.params, m.macs
         (2080, 16384)
     """
-    if runtime == "onnxruntime":
-        from slimtorch.io.onnx_runtime import measure_onnx
-
-        return measure_onnx(model, example_inputs, eval_fn=eval_fn, warmup=warmup, repeats=repeats,
-                            max_seconds=max_seconds, label=label)
     if runtime != "torch":
-        raise ConfigError(f"measure(runtime={runtime!r}) is not supported; use 'torch' or 'onnxruntime'")
+        if runtime not in RUNTIMES:
+            raise ConfigError(f"measure(runtime={runtime!r}) is not supported; use one of "
+                              f"{['torch', *sorted(RUNTIMES)]}")
+        return RUNTIMES[runtime](model, example_inputs, eval_fn=eval_fn, warmup=warmup, repeats=repeats,
+                                 max_seconds=max_seconds, label=label)
     if not isinstance(model, nn.Module):
         raise UnsupportedModelError(f"measure() needs an nn.Module for runtime='torch', got {type(model).__name__}")
     materialize(model, example_inputs)

@@ -10,7 +10,7 @@ from onnx import numpy_helper
 from torch import nn
 
 import slimtorch as st
-from slimtorch.io.onnx_check import TOLERANCES, compression_kind
+from slimtorch.onnx.check import TOLERANCES, compression_kind
 
 
 @pytest.fixture()

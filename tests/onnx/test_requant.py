@@ -5,7 +5,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from slimtorch.io.onnx_requant import share_grids
+from slimtorch.onnx.requant import share_grids
 
 
 def _chain() -> onnx.ModelProto:

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import slimtorch as st
-from slimtorch.io.onnx_runtime import OnnxModule, open_session
+from slimtorch.onnx.runtime import OnnxModule, open_session
 from slimtorch.quant.kernels import U8S8_SATURATES
 
 

@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as hs
 
-from slimtorch.io.onnx_twins import DequantLinear, DynamicLinear, NBitsLinear, QDQLinear, twin_for
+from slimtorch.onnx.twins import DequantLinear, DynamicLinear, NBitsLinear, QDQLinear, twin_for
 from slimtorch.quant.kernels import fake_dynamic
 from slimtorch.quant.ptq import quant_linear
 

@@ -28,7 +28,7 @@ from torch.utils import _pytree as pytree
 from slimtorch._log import logger
 from slimtorch.data import call, iter_inputs
 from slimtorch.errors import DataError, UnsupportedModelError
-from slimtorch.io.onnx_runtime import open_session, session_feed
+from slimtorch.onnx.runtime import open_session, session_feed
 
 Kind = Literal["float", "weight_only", "int8"]
 
@@ -235,7 +235,7 @@ def check_agreement(
     if raise_on_failure and not passed:
         raise UnsupportedModelError(
             f"{onnx_path}: {report.summary()}. Check the layers that were swapped for export (see the log), "
-            "compare on more representative inputs, or pass a looser st.io.onnx_check.Tolerance")
+            "compare on more representative inputs, or pass a looser st.Tolerance")
     return report
 
 

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 import slimtorch as st
-from slimtorch.io.onnx_runtime import OnnxModule, onnx_param_counts, open_session, session_feed
+from slimtorch.onnx.measure import onnx_param_counts
+from slimtorch.onnx.runtime import OnnxModule, open_session, session_feed
 
 
 def test_measure_matches_torch_counts(digits_mlp, tmp_path):

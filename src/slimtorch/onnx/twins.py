@@ -2,7 +2,7 @@
 
 The compressed layers run on PyTorch's CPU kernels (oneDNN int8, ``_int_mm``, int4 pack-mm, CSR, bit tables),
 which have no ONNX form. :func:`export_twins` swaps each for a twin that holds the same integers in the dtypes
-ONNX wants and calls an op of :mod:`slimtorch.io.onnx_ops`, then puts the originals back. Plain layers
+ONNX wants and calls an op of :mod:`slimtorch.onnx.ops`, then puts the originals back. Plain layers
 (float, structurally pruned, low-rank, unstructured zeros) need no twin. A convolution twin keeps its layer's
 ``same_pad`` (TensorFlow-"same" padding, exported as a Pad before the convolution).
 """
@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import slimtorch.onnx.ops  # noqa: F401  (registers the torch.ops.slimtorch_export ops)
 from slimtorch.data import iter_inputs, run_hooked
 from slimtorch.errors import DataError
-from slimtorch.io import onnx_ops  # noqa: F401  (registers the torch.ops.slimtorch_export ops)
 from slimtorch.layer_kinds import pad_same
 from slimtorch.prune.sparse_linear import SparseLinear
 from slimtorch.quant.binary_modules import BinaryConv2d, BinaryLinear

@@ -2,9 +2,9 @@
 
 The path is the one PyTorch recommends for this version: ``torch.export`` (non-strict) captures the graph,
 then ``torch.onnx.export(..., dynamo=True)`` translates it with onnxscript's torchlib. Compressed layers are
-swapped for export twins first (``io/onnx_twins.py``), so int8 layers leave as the QDQ pattern and int4
-weight-only layers as ``com.microsoft.MatMulNBits`` (``io/onnx_ops.py``). The agreement check lives in
-``io/onnx_check.py``, measuring in ONNX Runtime in ``io/onnx_runtime.py``.
+swapped for export twins first (``onnx/twins.py``), so int8 layers leave as the QDQ pattern and int4
+weight-only layers as ``com.microsoft.MatMulNBits`` (``onnx/ops.py``). The agreement check lives in
+``onnx/check.py``, measuring in ONNX Runtime in ``onnx/runtime.py``.
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def _untranslatable(program: torch.export.ExportedProgram) -> list[tuple[str, st
     """``(operator, layer)`` for every operator in the graph that no ONNX translation covers."""
     from torch.onnx._internal.exporter._registration import ONNXRegistry
 
-    from slimtorch.io.onnx_ops import TRANSLATIONS
+    from slimtorch.onnx.ops import TRANSLATIONS
 
     registry = ONNXRegistry.from_torchlib()
     found = []
@@ -125,7 +125,7 @@ def _untranslatable(program: torch.export.ExportedProgram) -> list[tuple[str, st
 
 
 def _translate(program: torch.export.ExportedProgram) -> Any:
-    from slimtorch.io.onnx_ops import TRANSLATIONS
+    from slimtorch.onnx.ops import TRANSLATIONS
     quiet = io.StringIO()
     # the exporter and its optimizer log every pass at INFO; keep the user's log to slimtorch's own lines
     loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "onnx_ir")]
@@ -206,12 +206,12 @@ def export_onnx(
     path = Path(path)
     if path.suffix != ".onnx":
         raise ConfigError(f"export path {str(path)!r} must end in .onnx")
-    from slimtorch.io.onnx_twins import export_twins  # onnxscript is imported on first export only
+    from slimtorch.onnx.twins import export_twins  # onnxscript is imported on first export only
 
     args, kwargs = _as_args(example_inputs)
     qparams = None
     if int8_outputs is not None:
-        from slimtorch.io.onnx_twins import calibrate_outputs
+        from slimtorch.onnx.twins import calibrate_outputs
 
         qparams = calibrate_outputs(model, int8_outputs)
     with export_twins(model, qparams) as (target, swapped), torch.no_grad(), warnings.catch_warnings():
@@ -241,14 +241,14 @@ def export_onnx(
                     "it") from None
         proto = _translate(program)
     if qparams:
-        from slimtorch.io.onnx_requant import share_grids
+        from slimtorch.onnx.requant import share_grids
 
         logger.info("export_onnx: %d int8 layer pairs share one activation grid", share_grids(proto))
     data = proto.SerializeToString()
     if not check:
         write_bytes(path, data)
     else:  # checked before it takes the final name: a file that disagrees never lands at ``path``
-        from slimtorch.io.onnx_check import check_agreement
+        from slimtorch.onnx.check import check_agreement
 
         tmp = temporary_sibling(path)
         try:

@@ -1,0 +1,1 @@
+"""Pruning: unstructured, N:M, structured (channels, heads), layer removal, and their schedules."""
