@@ -38,3 +38,15 @@ def test_bad_override_changes_nothing():
     with pytest.raises(st.ConfigError, match="quantization config or None"):
         st.quantize(model, st.DynamicQuant(), overrides={"0": st.DynamicQuant(), "2": st.UnstructuredPruning()})
     assert all(type(m) is not QuantLinear for m in model)  # the valid first override was not applied either
+
+
+def test_moved_names_still_resolve_and_say_where_they_live():
+    from slimtorch.lowrank.modules import LowRankLinear
+    from slimtorch.prune.nm_linear import use_nm_kernels
+
+    with pytest.warns(DeprecationWarning, match="from slimtorch.lowrank.modules import LowRankLinear"):
+        assert st.LowRankLinear is LowRankLinear
+    with pytest.warns(DeprecationWarning, match="slimtorch.prune.nm_linear"):
+        assert st.use_nm_kernels is use_nm_kernels
+    with pytest.raises(AttributeError, match="no attribute 'NoSuchThing'"):
+        st.NoSuchThing  # noqa: B018

@@ -20,14 +20,12 @@ from slimtorch.onnx import measure as _onnx_measure  # noqa: E402, F401  (regist
 from slimtorch.measure import Comparison, Metrics, compare, measure  # noqa: E402
 from slimtorch.train.finetune import Finetune, finetune  # noqa: E402
 from slimtorch.recipe import Recipe, load_recipe  # noqa: E402
-from slimtorch.lowrank import LowRank, LowRankConv2d, LowRankLinear, SpatialSVDConv2d, Tucker2Conv2d  # noqa: E402
+from slimtorch.lowrank import LowRank  # noqa: E402
 from slimtorch.prune.structured import StructuredPruning  # noqa: E402
 from slimtorch.prune.unstructured import UnstructuredPruning  # noqa: E402
 from slimtorch.prune.semistructured import NMPruning  # noqa: E402
 from slimtorch.prune.schedule import GradualPruning, IterativePruning  # noqa: E402
 from slimtorch.prune.masks import make_permanent  # noqa: E402
-from slimtorch.prune.sparse_linear import SparseLinear  # noqa: E402
-from slimtorch.prune.nm_linear import NMSparseLinear, use_nm_kernels  # noqa: E402
 from slimtorch.prune.layers import LayerPruning  # noqa: E402
 from slimtorch.quant.binary import Binarize, Ternarize  # noqa: E402
 from slimtorch.quant.ptq import DynamicQuant, StaticQuant, WeightOnlyQuant  # noqa: E402
@@ -51,17 +49,10 @@ __all__ = [
     "GradualPruning",
     "IterativePruning",
     "NMPruning",
-    "NMSparseLinear",
-    "use_nm_kernels",
-    "SparseLinear",
     "UnstructuredPruning",
     "make_permanent",
     "LayerPruning",
     "LowRank",
-    "LowRankConv2d",
-    "LowRankLinear",
-    "SpatialSVDConv2d",
-    "Tucker2Conv2d",
     "Ternarize",
     "Metrics",
     "SlimError",
@@ -86,3 +77,27 @@ __all__ = [
     "save",
     "zoo",
 ]
+
+#: layers and kernel switches exported here before the top level was trimmed to verbs, configs, errors and
+#: records: name -> the module to import them from
+_MOVED = {
+    "LowRankLinear": "slimtorch.lowrank.modules",
+    "LowRankConv2d": "slimtorch.lowrank.modules",
+    "SpatialSVDConv2d": "slimtorch.lowrank.modules",
+    "Tucker2Conv2d": "slimtorch.lowrank.modules",
+    "SparseLinear": "slimtorch.prune.sparse_linear",
+    "NMSparseLinear": "slimtorch.prune.nm_linear",
+    "use_nm_kernels": "slimtorch.prune.nm_linear",
+}
+
+
+def __getattr__(name: str):
+    """``slimtorch.<moved name>`` still works, with a ``DeprecationWarning`` naming the import to use."""
+    if name in _MOVED:
+        import importlib
+        import warnings
+
+        warnings.warn(f"slimtorch.{name} moved: use `from {_MOVED[name]} import {name}`", DeprecationWarning,
+                      stacklevel=2)
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module 'slimtorch' has no attribute {name!r}")

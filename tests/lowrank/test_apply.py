@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 import slimtorch as st
+from slimtorch.lowrank.modules import LowRankConv2d, LowRankLinear
 from slimtorch.measure.size import count_params
 from slimtorch.recipe import Recipe
 
@@ -22,7 +23,7 @@ def test_fixed_rank_ratio_and_head_kept():
     model = _mlp()
     st.decompose(model, st.LowRank(rank_ratio=0.25))
     rows = _decomposed(model)
-    assert isinstance(model[0], st.LowRankLinear) and model[0].rank == 16  # min(256, 64) * 0.25
+    assert isinstance(model[0], LowRankLinear) and model[0].rank == 16  # min(256, 64) * 0.25
     assert model[2].rank == 64 and isinstance(model[4], nn.Linear)
     assert rows["4"]["status"] == "left dense" and "head" in rows["4"]["reason"]
 
@@ -33,7 +34,7 @@ def test_a_rank_above_break_even_leaves_the_layer_alone():
     rows = _decomposed(model)
     assert isinstance(model[2], nn.Linear) and "break-even" in rows["2"]["reason"]
     assert isinstance(model[0], nn.Linear)  # 64x256 breaks even at 51.2
-    assert isinstance(model[4], st.LowRankLinear) is False  # 10x256: full rank 10 is above 9.6
+    assert isinstance(model[4], LowRankLinear) is False  # 10x256: full rank 10 is above 9.6
 
 
 def test_energy_ranks_keep_the_energy_of_each_layer():
@@ -118,7 +119,7 @@ def test_compress_runs_a_decompose_then_finetune_recipe(digits_mlp):
     model = copy.deepcopy(model)
     recipe = Recipe(stages=(st.LowRank(rank_ratio=0.125, method="svd"), st.Finetune(epochs=1, max_batches=5)))
     st.compress(model, recipe, data=data, eval_fn=data.evaluate)
-    assert isinstance(model.fc2, st.LowRankLinear) and model.fc2.rank == 128
+    assert isinstance(model.fc2, LowRankLinear) and model.fc2.rank == 128
     assert data.evaluate(model) > 0.95
 
 
@@ -127,7 +128,7 @@ def test_select_restricts_the_layers_and_method_svd_applies_to_convolutions():
     model = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1),
                           nn.Flatten(), nn.Linear(32 * 4 * 4, 10)).eval()
     st.decompose(model, st.LowRank(rank=8, method="svd"), select=["2"])
-    assert isinstance(model[0], nn.Conv2d) and isinstance(model[2], st.LowRankConv2d)
+    assert isinstance(model[0], nn.Conv2d) and isinstance(model[2], LowRankConv2d)
     assert model[2].first.kernel_size == (3, 3) and model[2].second.kernel_size == (1, 1)
     with pytest.raises(st.ConfigError, match="matched no layer"):
         st.decompose(model, st.LowRank(rank=8), select=["nope*"])

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 import slimtorch as st
+from slimtorch.lowrank.modules import Tucker2Conv2d
 from slimtorch.onnx.runtime import OnnxModule, open_session
 from slimtorch.quant.kernels import U8S8_SATURATES
 
@@ -245,6 +246,6 @@ def test_tucker_cnn_exports(digits_cnn, tmp_path):
     model, data = digits_cnn
     m = copy.deepcopy(model)
     st.decompose(m, st.LowRank(rank_ratio=0.5), example_inputs=data.example_inputs(2))
-    assert any(isinstance(x, st.Tucker2Conv2d) for x in m.modules())
+    assert any(isinstance(x, Tucker2Conv2d) for x in m.modules())
     path = st.export_onnx(m, data.example_inputs(1), tmp_path / "tucker.onnx", check_inputs=data)
     assert st.check_agreement(m, path, data).passed

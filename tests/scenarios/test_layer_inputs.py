@@ -25,6 +25,8 @@ from hypothesis import strategies as hst
 from torch import nn
 
 import slimtorch as st
+from slimtorch.prune.nm_linear import NMSparseLinear
+from slimtorch.prune.sparse_linear import SparseLinear
 from slimtorch.quant.binary import prepare_binary
 from slimtorch.quant.binary_math import sign
 
@@ -113,7 +115,7 @@ def _pruned(to_sparse: bool):
         pruned = st.prune(copy.deepcopy(model), st.UnstructuredPruning(sparsity=0.5, prune_head=True))
         reference = st.make_permanent(copy.deepcopy(pruned)).eval()
         if to_sparse:
-            return nn.Sequential(st.SparseLinear.from_linear(reference[0])).eval(), reference
+            return nn.Sequential(SparseLinear.from_linear(reference[0])).eval(), reference
         return pruned.eval(), reference
 
     return build
@@ -121,7 +123,7 @@ def _pruned(to_sparse: bool):
 
 def _nm(model: nn.Sequential) -> tuple[nn.Module, Reference]:
     pruned = st.make_permanent(st.prune(copy.deepcopy(model), st.NMPruning(n=2, m=4, prune_head=True)))
-    return nn.Sequential(st.NMSparseLinear.from_linear(pruned[0])).eval(), pruned.eval()
+    return nn.Sequential(NMSparseLinear.from_linear(pruned[0])).eval(), pruned.eval()
 
 
 def _binary_weight(shape: tuple[int, ...]) -> torch.Tensor:
