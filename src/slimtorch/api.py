@@ -125,9 +125,11 @@ def compress(
     """Run a recipe (prune, decompose, quantize and fine-tune stages, in order) on ``model`` in place.
 
     Every stage is validated before any work; fine-tuning stages distill from the model as it was at the
-    start. With ``out_dir``, a checkpoint is written atomically after every stage and ``resume=True``
-    continues after the last one. The run's record (metrics before, after and per stage) is kept on the
-    model as ``model.slimtorch_record``.
+    start. With ``out_dir``, a checkpoint is written atomically after every stage (``resume=True`` continues
+    after the last one), and at the end the files the recipe's ``export`` lists (``model.safetensors``,
+    ``model.onnx``) and the report (``report.json``, ``report.md``, ``report.html``, plots): the same files as
+    ``slimtorch compress``. The run's record (metrics before, after and per stage; the files written) is kept
+    on the model as ``model.slimtorch_record`` (a :class:`slimtorch.record.RunRecord`).
 
     Args:
         model: the model (changed in place).
@@ -136,7 +138,7 @@ def compress(
         data: the data object or loader the stages need (fine-tuning, calibration).
         example_inputs: inputs for tracing and measuring; the first batch of ``data`` when None.
         eval_fn: ``eval_fn(model) -> accuracy`` recorded in the metrics.
-        out_dir: folder for per-stage checkpoints.
+        out_dir: the output folder (checkpoints, model, exports, report); None: nothing is written.
         resume: continue from the last checkpoint in ``out_dir``.
         seed: seed for every random step.
 
@@ -152,10 +154,11 @@ def compress(
     Raises:
         ConfigError: an invalid recipe (a misspelt key names the close match), before any work.
     """
-    from slimtorch.pipeline import run_recipe
+    from slimtorch.pipeline import compress as run
     from slimtorch.recipe import as_recipe
 
-    record = run_recipe(model, as_recipe(recipe), data=data, example_inputs=example_inputs, eval_fn=eval_fn,
-                        out_dir=out_dir, resume=resume, seed=seed)
-    model.__dict__["slimtorch_record"] = record
+    outputs = run(model, as_recipe(recipe), data=data, example_inputs=example_inputs, eval_fn=eval_fn,
+                  out_dir=out_dir, resume=resume, seed=seed)
+    outputs.record.files = {k: str(v) for k, v in outputs.files.items()}
+    model.__dict__["slimtorch_record"] = outputs.record
     return model

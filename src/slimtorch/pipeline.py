@@ -1,6 +1,8 @@
-"""Running a recipe: stages in order, each measured, with atomic checkpoints so a run can resume.
+"""Running a recipe: stages in order, each measured, with atomic checkpoints so a run can resume, then the
+files the recipe asks for (the model, its ONNX export) and the report.
 
-``slimtorch.compress`` and ``slimtorch compress`` both call :func:`run_recipe`. The record it returns
+``slimtorch.compress`` and ``slimtorch compress`` both call :func:`compress`, so the Python API and the CLI write
+the same files. :func:`run_recipe` is the recipe alone; the :class:`~slimtorch.record.RunRecord` it returns
 (before/after metrics, one entry per stage, per-layer facts) is what the report is written from.
 """
 
@@ -8,10 +10,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from slimtorch._log import logger
@@ -23,47 +26,10 @@ from slimtorch.measure.layers import layer_table
 from slimtorch.measure.metrics import Metrics, measure, retime_side_by_side
 from slimtorch.preflight import check_finite, materialize
 from slimtorch.recipe import Recipe
+from slimtorch.record import RunRecord, StageRecord
 from slimtorch.train.distributed import is_main
 
 CHECKPOINTS = "checkpoints"
-
-
-@dataclass
-class StageRecord:
-    """What one stage did: its config, time taken, and the model's metrics and layers after it."""
-
-    index: int
-    stage: str
-    method: str
-    config: dict[str, Any]
-    seconds: float
-    metrics: dict[str, Any] | None
-    layers: list[dict[str, Any]]
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able values."""
-        return dict(self.__dict__)
-
-
-@dataclass
-class RunRecord:
-    """A whole run: metrics before and after, the stages, and the recipe."""
-
-    recipe: dict[str, Any]
-    before: Metrics | None = None
-    after: Metrics | None = None
-    stages: list[StageRecord] = field(default_factory=list)
-    layers_before: list[dict[str, Any]] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        """``before``/``after`` (``Metrics.to_dict()``), ``stages`` (one per stage), ``recipe``, layers."""
-        return {
-            "recipe": self.recipe,
-            "before": self.before.to_dict() if self.before else None,
-            "after": self.after.to_dict() if self.after else None,
-            "stages": [s.to_dict() for s in self.stages],
-            "layers_before": self.layers_before,
-        }
 
 
 def check_data(recipe: Recipe, data: Any) -> None:
@@ -145,7 +111,7 @@ def run_recipe(
     if example_inputs is None:
         if data is None:
             raise DataError("pass example_inputs= (or data=, whose first batch is used) to trace and measure")
-        example_inputs = next(iter_inputs(data, 1, split="test" if hasattr(data, "test") else "train"))
+        example_inputs = _first_batch(data)
     materialize(model, example_inputs)
     check_finite(model)  # refused before the first measurement and stage, not after them
     record = RunRecord(recipe=recipe.to_dict())
@@ -186,6 +152,82 @@ def run_recipe(
     if record.before.runtime == record.after.runtime == "torch":
         _retime_together(record, teacher, model, example_inputs, out)
     return record
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """What :func:`compress` produced.
+
+    Attributes:
+        record: the run's record (metrics before, after and per stage).
+        files: name -> path of every file written (``safetensors``, ``onnx``, ``json``, ``md``, ``html`` and the
+            plots); empty without an output folder, and on ranks other than 0 under torchrun.
+    """
+
+    record: RunRecord
+    files: dict[str, Path]
+
+
+def compress(
+    model: nn.Module,
+    recipe: Recipe,
+    *,
+    data: Any = None,
+    example_inputs: Any = None,
+    eval_fn: Callable[[nn.Module], float] | None = None,
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+    seed: int = 0,
+    title: str | None = None,
+) -> Outputs:
+    """Run ``recipe`` on ``model`` in place (:func:`run_recipe`) and, with ``out_dir``, write into it what the
+    recipe's ``export`` asks for (``model.safetensors`` with the recipe in its manifest; ``model.onnx``, whose
+    static int8 layers chain uint8 outputs calibrated on ``data``) and the report (``report.json``, ``.md``,
+    ``.html``, plots). Every rank of a torchrun job runs the recipe; rank 0 writes.
+
+    Args:
+        model, recipe, data, example_inputs, eval_fn, resume, seed: as :func:`run_recipe`.
+        out_dir: the output folder (checkpoints, model, exports, report); None: nothing is written.
+        title: the report's title; None: the recipe's name.
+
+    Returns:
+        An :class:`Outputs` (the record and the files written).
+
+    Raises:
+        DataError: a stage needs data and none was given (before any work).
+        ConfigError: ``onnx`` is listed in ``export`` and the ONNX packages are missing (before any work).
+        UnsupportedModelError: the model does not export to ONNX.
+    """
+    check_data(recipe, data)
+    if out_dir is not None and "onnx" in recipe.export:
+        from slimtorch.onnx.export import require_onnx
+
+        require_onnx()  # fail before any work if the export could not run at the end
+    record = run_recipe(model, recipe, data=data, example_inputs=example_inputs, eval_fn=eval_fn, out_dir=out_dir,
+                        resume=resume, seed=seed)
+    if out_dir is None or not is_main():
+        return Outputs(record, {})
+    from slimtorch.io.save import save
+    from slimtorch.report import write_report
+
+    out = Path(out_dir)
+    artifacts = {}
+    if "safetensors" in recipe.export:
+        artifacts["safetensors"] = str(save(model, out / "model", extra={"recipe": recipe.to_dict()}))
+    if "onnx" in recipe.export:
+        from slimtorch.onnx.export import export_onnx
+
+        example = example_inputs if example_inputs is not None else _first_batch(data)
+        one = example[:1] if isinstance(example, torch.Tensor) else example
+        artifacts["onnx"] = str(export_onnx(model, one, out / "model.onnx", int8_outputs=data))
+    files = write_report(record, out, title=title or f"slimtorch compress ({recipe.name or 'recipe'})",
+                         artifacts=artifacts)
+    return Outputs(record, {**{k: Path(v) for k, v in artifacts.items()}, **files})
+
+
+def _first_batch(data: Any) -> Any:
+    """The example inputs :func:`run_recipe` uses when none are given: the first batch of ``data``."""
+    return next(iter_inputs(data, 1, split="test" if hasattr(data, "test") else "train"))
 
 
 def _retime_together(record: RunRecord, original: nn.Module, model: nn.Module, example_inputs: Any,

@@ -12,7 +12,7 @@ from slimtorch.io.atomic import write_text
 from slimtorch.measure.compare import compare, human_bytes
 from slimtorch.measure.metrics import Metrics
 from slimtorch.measure.plots import plot_layers, plot_tradeoff
-from slimtorch.pipeline import RunRecord
+from slimtorch.record import RunRecord
 
 
 def _stage_rows(record: RunRecord) -> list[list[str]]:
@@ -64,7 +64,8 @@ def write_report(record: RunRecord, out_dir: str | Path, *, title: str = "slimto
     layers_after = record.stages[-1].layers if record.stages else record.layers_before
     layers = plot_layers(record.layers_before, layers_after, out / "layers.png")
 
-    payload = {**record.to_dict(), "ratios": comparison.ratios, "artifacts": artifacts or {}}
+    run = {k: v for k, v in record.to_dict().items() if k != "files"}  # the files are these, being written
+    payload = {**run, "ratios": comparison.ratios, "artifacts": artifacts or {}}
     files = {"json": write_text(out / "report.json", json.dumps(payload, indent=2, default=str) + "\n")}
 
     stage_rows = _stage_rows(record)

@@ -82,3 +82,35 @@ def test_only_rank_zero_writes_under_torchrun(tmp_path, recipe_file, digits_mlp,
     out = tmp_path / "out"
     assert main(["--quiet", "compress", "zoo:digits-mlp", "--recipe", str(recipe_file), "-o", str(out)]) == 0
     assert not out.exists() or not any(out.rglob("*"))
+
+
+def test_python_api_writes_the_same_files_as_the_cli(tmp_path, digits_mlp):
+    # one code path (slimtorch.pipeline.compress): st.compress honours the recipe's export list and the report
+    import copy
+
+    import slimtorch as st
+
+    recipe = ("stages:\n  - prune: {method: unstructured, sparsity: 0.5}\n  - quantize: {method: dynamic}\n"
+              "export: [safetensors, onnx]\n")
+    (tmp_path / "r.yaml").write_text(recipe)
+    cli_out, api_out = tmp_path / "cli", tmp_path / "api"
+    assert main(["--quiet", "compress", "zoo:digits-mlp", "--recipe", str(tmp_path / "r.yaml"), "-o",
+                 str(cli_out)]) == 0
+    model, data = digits_mlp
+    model = copy.deepcopy(model)
+    st.compress(model, str(tmp_path / "r.yaml"), data=data, example_inputs=data.example_inputs(32),
+                eval_fn=data.evaluate, out_dir=api_out)
+
+    def files(root):
+        return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+    assert files(api_out) == files(cli_out)
+    assert {"model.safetensors", "model.onnx", "report.html", "checkpoints/stage-02.safetensors"} <= set(files(api_out))
+    record = model.slimtorch_record
+    assert record.files["onnx"] == str(api_out / "model.onnx") and record.files["html"] == str(api_out / "report.html")
+    cli_report, api_report = (json.loads((d / "report.json").read_text()) for d in (cli_out, api_out))
+    assert api_report["artifacts"].keys() == cli_report["artifacts"].keys() == {"safetensors", "onnx"}
+    assert api_report["after"]["accuracy"] == pytest.approx(cli_report["after"]["accuracy"], abs=1e-9)
+    fresh, _ = st.zoo.load("digits-mlp")
+    loaded = st.load(api_out / "model.safetensors", model=fresh)
+    assert data.evaluate(loaded) == pytest.approx(record.after.accuracy, abs=1e-9)

@@ -6,8 +6,6 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from slimtorch.cli import options
 from slimtorch.errors import ConfigError
 
@@ -47,38 +45,19 @@ def _example(resolved: Any, data: Any, batch_size: int) -> Any:
 
 def compress_and_report(resolved: Any, recipe: Any, data: Any, out: Path, *, batch_size: int, resume: bool,
                         seed: int, title: str) -> dict[str, Path]:
-    """Run ``recipe`` on a resolved model, write the artifacts and the report into ``out``; returns the files
+    """Run ``recipe`` on a resolved model through ``slimtorch.pipeline.compress`` (what ``st.compress`` runs),
+    writing the artifacts and the report into ``out``, and print the before/after table; returns the files
     (none on ranks other than 0 under torchrun: every rank runs the recipe, rank 0 writes)."""
-    from slimtorch.io.save import save
-    from slimtorch.pipeline import check_data, run_recipe
-    from slimtorch.report import write_report
-    from slimtorch.train.distributed import is_main
+    from slimtorch.pipeline import check_data, compress
 
     if resolved.data is not None and data is None:
         data = resolved.data
     check_data(recipe, data)
-    if "onnx" in recipe.export:
-        from slimtorch.onnx import export as _onnx  # noqa: F401  (fail before any work if ONNX export is missing)
-    example = _example(resolved, data, batch_size)
-    eval_fn = getattr(data, "evaluate", None)
-    model = resolved.model
-    record = run_recipe(model, recipe, data=data, example_inputs=example, eval_fn=eval_fn, out_dir=out,
-                        resume=resume, seed=seed)
-    if not is_main():  # under torchrun only rank 0 writes the model and the report
-        return {}
-    artifacts = {}
-    if "safetensors" in recipe.export:
-        artifacts["safetensors"] = str(save(model, out / "model", extra={"recipe": recipe.to_dict()}))
-    if "onnx" in recipe.export:
-        from slimtorch.onnx.export import export_onnx
-
-        onnx_example = example[:1] if isinstance(example, torch.Tensor) else example
-        # static int8 layers chain uint8 outputs (QLinearConv/QGemm in ONNX Runtime), calibrated on the data
-        export_onnx(model, onnx_example, out / "model.onnx", int8_outputs=data)
-        artifacts["onnx"] = str(out / "model.onnx")
-    files = write_report(record, out, title=title, artifacts=artifacts)
-    print(_comparison(record))
-    return files
+    outputs = compress(resolved.model, recipe, data=data, example_inputs=_example(resolved, data, batch_size),
+                       eval_fn=getattr(data, "evaluate", None), out_dir=out, resume=resume, seed=seed, title=title)
+    if outputs.files:
+        print(_comparison(outputs.record))
+    return outputs.files
 
 
 def _comparison(record: Any) -> str:

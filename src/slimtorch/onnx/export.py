@@ -27,6 +27,21 @@ from slimtorch.errors import ConfigError, DataError, UnsupportedModelError
 from slimtorch.io.atomic import publish, temporary_sibling, write_bytes
 
 
+def require_onnx() -> None:
+    """Raise ``ConfigError`` naming the install command unless onnx, onnxscript and onnxruntime all import."""
+    import importlib
+
+    missing = []
+    for name in ("onnx", "onnxscript", "onnxruntime"):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise ConfigError(f"ONNX export needs the packages {missing}, which are not installed: "
+                          "pip install 'slimtorch[onnx]'")
+
+
 def _as_args(example_inputs: Any) -> tuple[tuple, dict]:
     if isinstance(example_inputs, torch.Tensor):
         return (example_inputs,), {}
