@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import main  # noqa: E402
 
 import slimtorch as st  # noqa: E402
-from slimtorch.prune.nm_linear import nm_unsupported_reason, time_cuda, use_nm_kernels  # noqa: E402
+from slimtorch.measure.latency import time_cuda  # noqa: E402
+from slimtorch.prune.nm_linear import nm_unsupported_reason, use_nm_kernels  # noqa: E402
 from slimtorch.prune.semistructured import nm_mask  # noqa: E402
 
 COLUMNS = ["layer (out x in)", "tokens", "dense fp32 ms", "dense fp16 ms", "2:4 cuSPARSELt ms", "2:4 CUTLASS ms",

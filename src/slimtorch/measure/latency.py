@@ -1,4 +1,6 @@
-"""Latency: warm-up, then repeated timed calls, quoted as median and p90 in milliseconds.
+"""Latency: warm-up, then repeated timed calls, quoted as median and p90 in milliseconds. Every timing loop of
+the package lives here: whole models (``time_fn``), contenders side by side (``time_alternating``, which the
+kernel races of quantized and sparse layers use too), and CUDA kernels with CUDA events (``time_cuda``).
 
 Every timing first pins glibc's malloc thresholds (once per process, :mod:`slimtorch.measure.allocator`), so a
 latency does not depend on what ran before it in the process.
@@ -78,3 +80,34 @@ def time_alternating(
             timing = time_fn(fn, warmup=warmup if block == 0 else 1, repeats=repeats, max_seconds=share)
             samples[name] += timing.samples_ms
     return {name: Timing(s) for name, s in samples.items()}
+
+
+def time_cuda(fns: dict[str, Callable[[], object]], *, rounds: int = 7, iters: int = 20,
+              warmup: int = 3) -> dict[str, float]:
+    """Median ms per call of each CUDA contender, timed round-robin with CUDA events.
+
+    Args:
+        fns: name -> a call that launches work on the current CUDA device.
+        rounds: rounds; each runs every contender ``iters`` times between two events.
+        iters: calls per contender per round.
+        warmup: untimed calls per contender first.
+
+    Returns:
+        Name -> median over rounds of the mean ms per call.
+    """
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    with torch.inference_mode():
+        for fn in fns.values():
+            for _ in range(warmup):
+                fn()
+        torch.cuda.synchronize()
+        for _ in range(rounds):
+            for name, fn in fns.items():
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                for _ in range(iters):
+                    fn()
+                end.record()
+                end.synchronize()
+                samples[name].append(start.elapsed_time(end) / iters)
+    return {name: sorted(s)[len(s) // 2] for name, s in samples.items()}

@@ -16,7 +16,7 @@ back exactly on any device) and packs it for the tensor cores the first time it 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -28,6 +28,7 @@ from slimtorch.data import call
 from slimtorch.errors import ConfigError, UnsupportedModelError
 from slimtorch.graph.surgery import replace_layer
 from slimtorch.io.manifest import register_module
+from slimtorch.measure.latency import time_cuda
 from slimtorch.prune.semistructured import nm_violations
 from slimtorch.prune.sparse_linear import _layer_inputs, kernel_candidates
 from slimtorch.summary import StepSummary, record
@@ -140,37 +141,6 @@ class NMSparseLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, dtype={self.dtype_name}, 2:4"
-
-
-def time_cuda(fns: dict[str, Callable[[], object]], *, rounds: int = 7, iters: int = 20,
-              warmup: int = 3) -> dict[str, float]:
-    """Median ms per call of each CUDA contender, timed round-robin with CUDA events.
-
-    Args:
-        fns: name -> a call that launches work on the current CUDA device.
-        rounds: rounds; each runs every contender ``iters`` times between two events.
-        iters: calls per contender per round.
-        warmup: untimed calls per contender first.
-
-    Returns:
-        Name -> median over rounds of the mean ms per call.
-    """
-    samples: dict[str, list[float]] = {name: [] for name in fns}
-    with torch.inference_mode():
-        for fn in fns.values():
-            for _ in range(warmup):
-                fn()
-        torch.cuda.synchronize()
-        for _ in range(rounds):
-            for name, fn in fns.items():
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                for _ in range(iters):
-                    fn()
-                end.record()
-                end.synchronize()
-                samples[name].append(start.elapsed_time(end) / iters)
-    return {name: sorted(s)[len(s) // 2] for name, s in samples.items()}
 
 
 def _try_pack(layer: NMSparseLinear, x: torch.Tensor) -> str | None:

@@ -23,11 +23,12 @@ exactly on every CPU).
 from __future__ import annotations
 
 import platform
-import time
 import warnings
 from collections.abc import Callable
 
 import torch
+
+from slimtorch.measure.latency import time_alternating
 
 #: (kind, shape key) -> name of the fastest candidate measured on this machine
 _CHOICE: dict[tuple, str] = {}
@@ -45,20 +46,13 @@ def activation_bits() -> int:
 def fastest(key: tuple, candidates: dict[str, Callable[[], torch.Tensor]], reps: int = 3) -> str:
     """Name of the quickest of ``candidates`` (zero-argument calls), measured once per ``key`` and remembered.
 
-    Candidates are timed round-robin (``reps`` rounds, best of each) so that load affects all alike.
+    Candidates are timed in alternating blocks of one call each (``reps`` blocks, after a warm-up call that packs
+    weights and creates oneDNN primitives; ``measure.latency.time_alternating``, which pins the process's malloc
+    thresholds as every slimtorch timing does), so that load hits all alike; each is ranked by its best call.
     """
-    if key in _CHOICE:
-        return _CHOICE[key]
-    best = {name: float("inf") for name in candidates}
-    with torch.no_grad():
-        for fn in candidates.values():
-            fn()  # warm-up (packing, oneDNN primitive creation)
-        for _ in range(reps):
-            for name, fn in candidates.items():
-                t0 = time.perf_counter()
-                fn()
-                best[name] = min(best[name], time.perf_counter() - t0)
-    _CHOICE[key] = min(best, key=best.get)
+    if key not in _CHOICE:
+        timings = time_alternating(candidates, blocks=reps, repeats=1, warmup=1)
+        _CHOICE[key] = min(timings, key=lambda name: min(timings[name].samples_ms))  # best call: noise only adds
     return _CHOICE[key]
 
 
