@@ -23,7 +23,7 @@ from _harness import main  # noqa: E402
 
 import slimtorch as st  # noqa: E402
 from slimtorch.measure.size import artifact_bytes  # noqa: E402
-from slimtorch.quant.binary_modules import BinaryConv2d, BinaryLinear  # noqa: E402
+from slimtorch.quant.binary.modules import BinaryConv2d, BinaryLinear  # noqa: E402
 
 TARGETS = {"binary weights": 3.0, "ternary weights": 2.0, "fully binary": 8.0}  # allowed drop, points
 

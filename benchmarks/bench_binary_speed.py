@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import main, ort_runner  # noqa: E402
 
 from slimtorch.measure.latency import time_alternating  # noqa: E402
-from slimtorch.quant.binary_modules import BinaryConv2d, BinaryLinear  # noqa: E402
+from slimtorch.quant.binary.modules import BinaryConv2d, BinaryLinear  # noqa: E402
 
 
 def _cases(quick: bool):

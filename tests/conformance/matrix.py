@@ -253,7 +253,7 @@ def quantized_layers(kind: str) -> Callable[[dict], None]:
     """Integer layers really are there (a step that quantized nothing is not a pass)."""
 
     def check(ctx: dict) -> None:
-        from slimtorch.quant.binary_modules import BinaryConv2d, BinaryLinear
+        from slimtorch.quant.binary.modules import BinaryConv2d, BinaryLinear
         from slimtorch.quant.modules import QuantConv2d, QuantLinear
 
         types = (QuantLinear, QuantConv2d) if kind == "int" else (BinaryLinear, BinaryConv2d)

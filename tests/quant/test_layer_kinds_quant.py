@@ -9,7 +9,7 @@ from torch import nn
 
 import slimtorch as st
 from slimtorch.layer_kinds import pad_same
-from slimtorch.quant.binary_modules import BinaryConv2d, BinaryLinear
+from slimtorch.quant.binary.modules import BinaryConv2d, BinaryLinear
 from slimtorch.quant.modules import QuantConv2d, QuantLinear
 from slimtorch.summary import last_summary
 

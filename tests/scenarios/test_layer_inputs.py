@@ -28,7 +28,7 @@ import slimtorch as st
 from slimtorch.prune.nm_linear import NMSparseLinear
 from slimtorch.prune.sparse_linear import SparseLinear
 from slimtorch.quant.binary import prepare_binary
-from slimtorch.quant.binary_math import sign
+from slimtorch.quant.binary.math import sign
 
 IN, OUT, CIN, COUT, HW = 64, 32, 8, 16, 10
 

@@ -22,7 +22,7 @@ from slimtorch.data import iter_inputs, run_hooked
 from slimtorch.errors import DataError
 from slimtorch.layer_kinds import pad_same
 from slimtorch.prune.sparse_linear import SparseLinear
-from slimtorch.quant.binary_modules import BinaryConv2d, BinaryLinear
+from slimtorch.quant.binary.modules import BinaryConv2d, BinaryLinear
 from slimtorch.quant.kernels import activation_bits
 from slimtorch.quant.modules import QuantConv2d, QuantLinear
 from slimtorch.quant.packing import pack_int4

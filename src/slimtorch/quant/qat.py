@@ -173,7 +173,7 @@ def _register_builtin() -> None:
                          (WeightOnlyQuant, _prepare_linear)):
         register_qat(cfg, prepare, _convert_int, (FakeQuantLinear, FakeQuantConv2d))
     from slimtorch.quant.binary import Binarize, Ternarize, convert_binary, prepare_binary
-    from slimtorch.quant.binary_qat import BinaryQATConv2d, BinaryQATLinear
+    from slimtorch.quant.binary.qat import BinaryQATConv2d, BinaryQATLinear
 
     for cfg in (Binarize, Ternarize):
         register_qat(cfg, prepare_binary, convert_binary, (BinaryQATLinear, BinaryQATConv2d))

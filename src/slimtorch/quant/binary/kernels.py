@@ -1,6 +1,6 @@
 """Inference on packed bits: lookup-table products for binary/ternary weights, XNOR-popcount for binary inputs.
 
-Pure functions on tensors; the packed layers in :mod:`slimtorch.quant.binary_modules` call them.
+Pure functions on tensors; the packed layers in :mod:`slimtorch.quant.binary.modules` call them.
 
 *Real inputs, packed 1-bit weights* (:func:`lut_matmul`). For every group of 8 inputs the 256 possible signed
 sums ``sum_i x_i * s_i(c)`` (one per byte value ``c``) are tabulated once per input row; a weight row is then
@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from slimtorch.quant.binary_pack import popcount8
+from slimtorch.quant.binary.pack import popcount8
 
 #: cap on the floats of the lookup tables (or bytes of the XOR block) built at once, to bound memory
 BLOCK_ELEMENTS = 1 << 22

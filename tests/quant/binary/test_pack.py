@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from slimtorch.errors import ArtifactError
-from slimtorch.quant.binary_pack import (
+from slimtorch.quant.binary.pack import (
     pack_bits,
     pack_signs,
     pack_ternary,

@@ -1,8 +1,8 @@
 """Packed binary and ternary layers for inference: 1 bit (binary) or 2 bits (ternary) per weight in buffers.
 
 They hold state only: packed bits, one float32 scale per output channel, the float bias and, for fully binary
-layers, the per-input-channel activation threshold. The arithmetic is in :mod:`.binary_kernels` (products on
-the packed bits) and :mod:`.binary_pack`. ``kernel`` picks the path per call:
+layers, the per-input-channel activation threshold. The arithmetic is in :mod:`.kernels` (products on
+the packed bits) and :mod:`.pack`. ``kernel`` picks the path per call:
 
 - ``"packed"``: always compute on the packed bits (lookup tables for real inputs, XNOR-popcount for binary
   inputs); the weights are never expanded to floats.
@@ -23,9 +23,9 @@ from torch import nn
 
 from slimtorch.io.manifest import register_module
 from slimtorch.layer_kinds import pad_same
-from slimtorch.quant.binary_kernels import byte_table, lut_index, lut_matmul, xnor_matmul
-from slimtorch.quant.binary_math import binary_scale, sign, ternary_codes, ternary_scale
-from slimtorch.quant.binary_pack import pack_bits, pack_signs, pack_ternary, packed_length, popcount8
+from slimtorch.quant.binary.kernels import byte_table, lut_index, lut_matmul, xnor_matmul
+from slimtorch.quant.binary.math import binary_scale, sign, ternary_codes, ternary_scale
+from slimtorch.quant.binary.pack import pack_bits, pack_signs, pack_ternary, packed_length, popcount8
 
 Kernel = Literal["auto", "packed", "unpacked"]
 

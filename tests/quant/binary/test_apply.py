@@ -7,9 +7,9 @@ from torch import nn
 import slimtorch as st
 from slimtorch.config import REGISTRY
 from slimtorch.measure.size import count_params
-from slimtorch.quant.binary import choose_layers, convert_binary, prepare_binary
-from slimtorch.quant.binary_modules import BinaryConv2d, BinaryLinear
-from slimtorch.quant.binary_qat import BinaryQATConv2d, BinaryQATLinear
+from slimtorch.quant.binary.apply import choose_layers, convert_binary, prepare_binary
+from slimtorch.quant.binary.modules import BinaryConv2d, BinaryLinear
+from slimtorch.quant.binary.qat import BinaryQATConv2d, BinaryQATLinear
 
 
 def _mlp():

@@ -2,7 +2,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from slimtorch.quant.binary_math import (
+from slimtorch.quant.binary.math import (
     binarize_input,
     binary_scale,
     fake_binary_weight,

@@ -2,10 +2,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from slimtorch.quant.binary_kernels import byte_table, lut_index, lut_matmul, xnor_matmul
-from slimtorch.quant.binary_math import sign
-from slimtorch.quant.binary_modules import BinaryConv2d, BinaryLinear
-from slimtorch.quant.binary_pack import pack_bits, pack_signs, unpack_signs
+from slimtorch.quant.binary.kernels import byte_table, lut_index, lut_matmul, xnor_matmul
+from slimtorch.quant.binary.math import sign
+from slimtorch.quant.binary.modules import BinaryConv2d, BinaryLinear
+from slimtorch.quant.binary.pack import pack_bits, pack_signs, unpack_signs
 
 MODES = [{}, {"ternary": True}, {"activations": True}]
 

@@ -4,7 +4,7 @@
 ``slimtorch.finetune`` and checkpoints treat them as the layers they replace. Their forward pass uses
 ``alpha * sign(w)`` (binary) or ``alpha * ternary(w)`` and, with ``activations=True``, the input
 ``sign(x - input_shift)``; gradients flow through the clipped straight-through estimator. ``pack()`` returns
-the packed inference layer (:mod:`.binary_modules`) computing the same function.
+the packed inference layer (:mod:`.modules`) computing the same function.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from torch import nn
 
 from slimtorch.io.manifest import register_module
 from slimtorch.layer_kinds import pad_same
-from slimtorch.quant.binary_math import TWN_THRESHOLD, binarize_input, fake_binary_weight, fake_ternary_weight
-from slimtorch.quant.binary_modules import BinaryConv2d, BinaryLinear
+from slimtorch.quant.binary.math import TWN_THRESHOLD, binarize_input, fake_binary_weight, fake_ternary_weight
+from slimtorch.quant.binary.modules import BinaryConv2d, BinaryLinear
 
 
 class _FakeBinary:
