@@ -21,12 +21,13 @@ from slimtorch.measure import Comparison, Metrics, compare, measure  # noqa: E40
 from slimtorch.train.finetune import Finetune, finetune  # noqa: E402
 from slimtorch.recipe import Recipe, load_recipe  # noqa: E402
 from slimtorch.lowrank import LowRank  # noqa: E402
+# each pruning method's module registers its handler; the configs themselves live in slimtorch.prune.config
 from slimtorch.prune.structured import StructuredPruning  # noqa: E402
 from slimtorch.prune.unstructured import UnstructuredPruning  # noqa: E402
 from slimtorch.prune.semistructured import NMPruning  # noqa: E402
 from slimtorch.prune.schedule import GradualPruning, IterativePruning  # noqa: E402
-from slimtorch.prune.masks import make_permanent  # noqa: E402
 from slimtorch.prune.layers import LayerPruning  # noqa: E402
+from slimtorch.prune.masks import make_permanent  # noqa: E402
 from slimtorch.quant.binary import Binarize, Ternarize  # noqa: E402
 from slimtorch.quant.ptq import DynamicQuant, StaticQuant, WeightOnlyQuant  # noqa: E402
 from slimtorch.quant.qat import convert, prepare_qat  # noqa: E402

@@ -8,19 +8,18 @@ rebuild it on the original architecture.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from slimtorch._log import logger
-from slimtorch.config import Config, check_range, register
 from slimtorch.data import call, first_tensor, iter_inputs, run_hooked
 from slimtorch.errors import ConfigError, DataError, UnsupportedModelError
 from slimtorch.handlers import handler
 from slimtorch.io.manifest import register_module
+from slimtorch.prune.config import LayerPruning
 from slimtorch.select import matches
 
 
@@ -40,34 +39,6 @@ class Skip(nn.Module):
         """Return the first positional input (or the first keyword tensor)."""
         x = args[0] if args else next(v for v in kwargs.values() if isinstance(v, torch.Tensor))
         return (x,) if self.tuple_output else x
-
-
-@register("prune", "layers")
-@dataclass(frozen=True, kw_only=True)
-class LayerPruning(Config):
-    """Remove ``num_layers`` whole blocks (residual blocks, transformer layers).
-
-    Attributes:
-        num_layers: how many blocks to remove.
-        candidates: patterns (names, globs, "re:" regexes, type names) of removable blocks; empty means every
-            member of an ``nn.ModuleList``/``nn.Sequential`` (or, failing that, every direct child) whose output
-            has its input's shape.
-        metric: "cosine" removes the blocks whose output is most similar to their input (one pass);
-            "output" removes, one by one, the blocks whose removal changes the model's output least
-            (one pass per candidate).
-        calibration_batches: batches of data used to score blocks (example_inputs when no data is given).
-    """
-
-    num_layers: int = 1
-    candidates: tuple[str, ...] = ()
-    metric: Literal["cosine", "output"] = "cosine"
-    calibration_batches: int = 4
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        name = type(self).__name__
-        check_range(name, "num_layers", self.num_layers, 1, integer=True)
-        check_range(name, "calibration_batches", self.calibration_batches, 1, integer=True)
 
 
 def block_similarity(inputs: torch.Tensor, outputs: torch.Tensor) -> float:
@@ -124,7 +95,6 @@ def find_blocks(model: nn.Module, example_inputs: Any, patterns: tuple[str, ...]
 
 _LEAVES = (nn.Linear, nn.modules.conv._ConvNd, nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm,
            nn.Embedding, nn.MultiheadAttention)
-
 
 
 def score_blocks(model: nn.Module, blocks: dict[str, bool], batches: list[Any], metric: str) -> dict[str, float]:

@@ -15,21 +15,20 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
 from slimtorch._log import logger
-from slimtorch.config import Config, check_range, register
 from slimtorch.data import as_loader
 from slimtorch.errors import ConfigError, DataError
 from slimtorch.handlers import handler
 from slimtorch.prune import importance as imp
 from slimtorch.prune.channel_scores import recalibrate_batchnorm
+from slimtorch.prune.config import GradualPruning, IterativePruning, _Scheduled
 from slimtorch.prune.masks import MASK, attach_mask
-from slimtorch.prune.unstructured import UnstructuredPruning, apply_unstructured, choose_layers, plan_masks, report
+from slimtorch.prune.unstructured import apply_unstructured, choose_layers, plan_masks, report
 from slimtorch.train.finetune import Finetune, finetune, frozen_copy
 
 
@@ -46,93 +45,6 @@ def iterative_sparsities(final: float, rounds: int) -> list[float]:
     """Sparsity after each of ``rounds`` rounds, removing the same fraction of the remaining weights each
     round: ``1 - (1 - final)^(k / rounds)``; the last one is ``final``."""
     return [1.0 - (1.0 - final) ** (k / rounds) for k in range(1, rounds + 1)]
-
-
-@dataclass(frozen=True, kw_only=True)
-class _Scheduled(Config):
-    """Fields shared by the schedules (see the subclasses)."""
-
-    sparsity: float = 0.9
-    importance: Literal["l1", "l2", "random", "taylor", "movement"] = "l1"
-    scope: Literal["global", "layer"] = "global"
-    include: tuple[str, ...] | None = None
-    exclude: tuple[str, ...] = ()
-    prune_head: bool = False
-    lr: float = 1e-3
-    distill: bool = True
-    max_batches: int | None = None
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        name = type(self).__name__
-        check_range(name, "sparsity", self.sparsity, 0, 1, hi_open=True)
-        check_range(name, "lr", self.lr, 0, lo_open=True)
-        if self.max_batches is not None:
-            check_range(name, "max_batches", self.max_batches, 1, integer=True)
-
-    def requires_data(self) -> bool:
-        """Schedules fine-tune, so they need labelled training data."""
-        return True
-
-    def pruning(self, sparsity: float) -> UnstructuredPruning:
-        """The one-shot config of one pruning step at ``sparsity``."""
-        return UnstructuredPruning(sparsity=sparsity, importance=self.importance, scope=self.scope,
-                                   include=self.include, exclude=self.exclude, prune_head=self.prune_head)
-
-
-@register("prune", "iterative")
-@dataclass(frozen=True, kw_only=True)
-class IterativePruning(_Scheduled):
-    """Prune a fraction, fine-tune, repeat, until ``sparsity`` is reached.
-
-    Attributes:
-        sparsity: final fraction (0-1) of zero weights.
-        rounds: number of prune + fine-tune rounds.
-        epochs_per_round: fine-tuning epochs after each pruning step.
-        importance, scope, include, exclude, prune_head: as in ``UnstructuredPruning``.
-        lr: fine-tuning learning rate.
-        distill: distill from the model as it was before pruning.
-        max_batches: cap on batches per fine-tuning epoch.
-    """
-
-    rounds: int = 3
-    epochs_per_round: int = 1
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_range(type(self).__name__, "rounds", self.rounds, 1, integer=True)
-        check_range(type(self).__name__, "epochs_per_round", self.epochs_per_round, 0, integer=True)
-
-
-@register("prune", "gradual")
-@dataclass(frozen=True, kw_only=True)
-class GradualPruning(_Scheduled):
-    """Gradual pruning during fine-tuning along the cubic schedule of Zhu and Gupta (2017).
-
-    Attributes:
-        sparsity: final fraction (0-1) of zero weights.
-        initial_sparsity: sparsity at the first pruning step.
-        epochs: fine-tuning epochs in all (pruning happens in the first ``end_fraction`` of them).
-        frequency: prune every this many optimizer steps.
-        end_fraction: share (0-1] of the training steps over which the sparsity ramps up.
-        importance: "l1"/"l2" magnitude of the current weights, "movement" (-w * dL/dw accumulated over the
-            fine-tuning steps), "random" or "taylor" (|w * g| of the latest step).
-        scope, include, exclude, prune_head: as in ``UnstructuredPruning``.
-        lr, distill, max_batches: fine-tuning settings.
-    """
-
-    initial_sparsity: float = 0.0
-    epochs: int = 3
-    frequency: int = 10
-    end_fraction: float = 0.75
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        name = type(self).__name__
-        check_range(name, "initial_sparsity", self.initial_sparsity, 0, self.sparsity)
-        check_range(name, "epochs", self.epochs, 1, integer=True)
-        check_range(name, "frequency", self.frequency, 1, integer=True)
-        check_range(name, "end_fraction", self.end_fraction, 0, 1, lo_open=True)
 
 
 class GradualPruner:

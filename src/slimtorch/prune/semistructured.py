@@ -10,62 +10,19 @@ multiple of M is left dense (and named in the log, the report and the step's sum
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
 from slimtorch._log import logger
-from slimtorch.config import Config, check_range, register
 from slimtorch.errors import ConfigError
 from slimtorch.handlers import handler
 from slimtorch.layer_kinds import is_transposed_linear
+from slimtorch.prune.config import NMPruning
 from slimtorch.prune.masks import MASK, attach_mask, make_permanent
 from slimtorch.prune.unstructured import choose_layers, layer_scores, report
 from slimtorch.summary import StepSummary, record
-
-
-@register("prune", "nm")
-@dataclass(frozen=True, kw_only=True)
-class NMPruning(Config):
-    """Keep at most ``n`` non-zeros in every ``m`` consecutive weights along the input dimension.
-
-    Attributes:
-        n: weights kept per group.
-        m: group size (a multiple-of-m input size is needed; other layers stay dense).
-        importance: how weights are ranked inside a group ("l1", "l2", "random", "taylor", "movement").
-        include: name/type patterns of the layers to prune (None: every Linear and Conv).
-        exclude: patterns of layers to leave alone.
-        prune_head: also prune the last Linear (the classifier head).
-        calibration_batches: batches of data for "taylor"/"movement" and BatchNorm recalibration.
-        recalibrate_bn: when ``data`` is given, re-estimate BatchNorm running statistics after pruning.
-        keep_masks: keep masks so fine-tuning holds the pattern; False folds them now.
-    """
-
-    n: int = 2
-    m: int = 4
-    importance: Literal["l1", "l2", "random", "taylor", "movement"] = "l1"
-    include: tuple[str, ...] | None = None
-    exclude: tuple[str, ...] = ()
-    prune_head: bool = False
-    calibration_batches: int = 8
-    recalibrate_bn: bool = True
-    keep_masks: bool = True
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        name = type(self).__name__
-        check_range(name, "m", self.m, 1, integer=True)
-        check_range(name, "n", self.n, 0, integer=True)
-        if self.n > self.m:
-            raise ConfigError(f"{name}.n={self.n} is larger than m={self.m}; N:M keeps n of every m weights, "
-                              "so n must be at most m (e.g. n=2, m=4)")
-        check_range(name, "calibration_batches", self.calibration_batches, 1, integer=True)
-
-    def requires_data(self) -> bool:
-        """Taylor and movement importance need calibration batches."""
-        return self.importance in ("taylor", "movement")
 
 
 def output_first(module: nn.Module, tensor: torch.Tensor) -> torch.Tensor:

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
 from slimtorch._log import logger
-from slimtorch.config import Config, check_range, register
 from slimtorch.data import call, iter_inputs
-from slimtorch.errors import ConfigError, DataError, UnsupportedModelError
+from slimtorch.errors import DataError, UnsupportedModelError
 from slimtorch.graph.attention import convert_attention
 from slimtorch.graph.explain import explain, warn_untouched
 from slimtorch.graph.groups import ChannelGraph, Group, build
@@ -32,67 +30,8 @@ from slimtorch.prune.channel_scores import (
     recalibrate_batchnorm,
     taylor_grads,
 )
+from slimtorch.prune.config import StructuredPruning
 from slimtorch.select import matches
-
-Importance = Literal["l1", "l2", "bn_scale", "taylor", "random"]
-
-
-@register("prune", "structured")
-@dataclass(frozen=True, kw_only=True)
-class StructuredPruning(Config):
-    """Remove whole channels, neurons and heads so that layers become smaller dense layers.
-
-    Attributes:
-        ratio: fraction (0-1) of the ``target`` to remove.
-        importance: how a channel group is scored: "l1"/"l2" norm of all its coupled weights, "bn_scale"
-            (|gamma| of its norm layers, network slimming), "taylor" (|w * dL/dw| on calibration data) or
-            "random".
-        target: what ``ratio`` counts: "channels" (of every prunable group), "params" or "flops" (measured).
-        scope: "uniform" removes the same fraction from every group; "global" ranks all groups together.
-        round_to: kept channel counts are rounded to a multiple of this (8 suits SIMD kernels).
-        max_layer_ratio: no group loses more than this fraction of its channels.
-        ignore: layers (names, globs, "re:" regexes or type names) whose output channels are never removed.
-        steps: prune in this many equal steps (iterative pruning).
-        finetune_epochs: epochs of ``st.finetune`` (distilling from the unpruned model) after each step; needs data.
-        calibration_batches: batches of data used for Taylor importance and BatchNorm recalibration.
-        recalibrate_bn: when data is given, re-estimate BatchNorm running statistics on it after each step
-            (removing a layer's input channels shifts the statistics its BatchNorm saw).
-
-    Example:
-        >>> import slimtorch as st, torch
-        >>> model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 2))
-        >>> st.prune(model, st.StructuredPruning(ratio=0.5), example_inputs=torch.randn(1, 8))[0]
-        Linear(in_features=8, out_features=16, bias=True)
-    """
-
-    ratio: float = 0.5
-    importance: Importance = "l1"
-    target: Literal["channels", "params", "flops"] = "channels"
-    scope: Literal["uniform", "global"] = "uniform"
-    round_to: int = 1
-    max_layer_ratio: float = 0.9
-    ignore: tuple[str, ...] = ()
-    steps: int = 1
-    finetune_epochs: int = 0
-    calibration_batches: int = 8
-    recalibrate_bn: bool = True
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        name = type(self).__name__
-        check_range(name, "ratio", self.ratio, 0, 1, hi_open=True)
-        check_range(name, "round_to", self.round_to, 1, integer=True)
-        check_range(name, "max_layer_ratio", self.max_layer_ratio, 0, 1, hi_open=True)
-        check_range(name, "steps", self.steps, 1, integer=True)
-        check_range(name, "finetune_epochs", self.finetune_epochs, 0, integer=True)
-        check_range(name, "calibration_batches", self.calibration_batches, 1, integer=True)
-        if any(not isinstance(p, str) for p in self.ignore):
-            raise ConfigError(f"{name}.ignore={self.ignore!r} must be a list of layer-name patterns")
-
-    def requires_data(self) -> bool:
-        """Taylor importance and fine-tuning between steps need data."""
-        return self.importance == "taylor" or self.finetune_epochs > 0
-
 
 # ---------------------------------------------------------------- planning
 

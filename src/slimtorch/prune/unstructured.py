@@ -9,75 +9,22 @@ at sparsity ``s`` gets exactly ``round(s * n)`` zeros, ties broken by position.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from slimtorch._log import logger
-from slimtorch.config import Config, check_range, register
 from slimtorch.errors import ConfigError
 from slimtorch.handlers import handler
 from slimtorch.layer_kinds import masking_reason
 from slimtorch.prune import importance as imp
+from slimtorch.prune.config import UnstructuredPruning
 from slimtorch.prune.masks import MASK, attach_mask, is_masked, make_permanent
 from slimtorch.select import last_linear, select
 from slimtorch.summary import StepSummary, last_summary, record
 
 PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-
-
-@register("prune", "unstructured")
-@dataclass(frozen=True, kw_only=True)
-class UnstructuredPruning(Config):
-    """Zero a fraction of individual weights, least important first.
-
-    Attributes:
-        sparsity: fraction (0-1) of the chosen layers' weights to zero, globally or per layer.
-        importance: "l1" / "l2" magnitude, "random" (seeded baseline), "taylor" (|w * dL/dw| over calibration
-            data) or "movement" (-w * dL/dw over calibration data, or over training in ``GradualPruning``).
-        scope: "global" ranks all chosen weights together; "layer" prunes each layer to ``sparsity``.
-        per_layer: layer name -> sparsity for layers that get their own (overrides ``scope``/``sparsity``).
-        include: name/type patterns of the layers to prune (None: every Linear and Conv).
-        exclude: patterns of layers to leave alone.
-        prune_head: also prune the last Linear (the classifier head), left alone by default.
-        calibration_batches: batches of data for "taylor"/"movement" and BatchNorm recalibration.
-        recalibrate_bn: when ``data`` is given, re-estimate BatchNorm running statistics on it after pruning
-            (zeroing most of a conv's weights shifts its output statistics; without this a 90%-sparse CNN
-            can fall to chance until fine-tuned).
-        keep_masks: keep masks and hooks so fine-tuning keeps pruned weights at zero; False folds them now
-            (``make_permanent``).
-        kernel: "dense" keeps dense layers; "auto" times a sparse CSR kernel against the dense one for each
-            Linear layer on ``example_inputs`` and switches the layers where sparse measured faster (implies
-            folding the masks).
-    """
-
-    sparsity: float = 0.5
-    importance: Literal["l1", "l2", "random", "taylor", "movement"] = "l1"
-    scope: Literal["global", "layer"] = "global"
-    per_layer: dict[str, float] | None = None
-    include: tuple[str, ...] | None = None
-    exclude: tuple[str, ...] = ()
-    prune_head: bool = False
-    calibration_batches: int = 8
-    recalibrate_bn: bool = True
-    keep_masks: bool = True
-    kernel: Literal["dense", "auto"] = "dense"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        name = type(self).__name__
-        check_range(name, "sparsity", self.sparsity, 0, 1, hi_open=True)
-        check_range(name, "calibration_batches", self.calibration_batches, 1, integer=True)
-        for layer, value in (self.per_layer or {}).items():
-            if not isinstance(layer, str):
-                raise ConfigError(f"{name}.per_layer keys must be layer names, got {layer!r}")
-            check_range(name, f"per_layer[{layer!r}]", value, 0, 1)
-
-    def requires_data(self) -> bool:
-        """Taylor and movement importance need calibration batches."""
-        return self.importance in imp.DATA_CRITERIA
 
 
 def choose_layers(
