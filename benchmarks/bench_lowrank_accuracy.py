@@ -16,6 +16,7 @@ from _harness import main  # noqa: E402
 import slimtorch as st  # noqa: E402
 from slimtorch.measure.flops import count_flops  # noqa: E402
 from slimtorch.measure.size import count_params  # noqa: E402
+from slimtorch.summary import last_summary  # noqa: E402
 from slimtorch.train.finetune import frozen_copy  # noqa: E402
 
 VARIANTS = [("energy", False), ("uniform", False), ("sensitivity", False), ("sensitivity", True)]
@@ -38,7 +39,7 @@ def run(quick: bool) -> dict:
                 config = st.LowRank(target=target, target_scope="layers", allocation=allocation, data_aware=aware)
                 st.decompose(model, config, data=data)
                 seconds = time.perf_counter() - start
-                decided = [r for r in model.slimtorch_lowrank if "params_before" in r]
+                decided = [r for r in last_summary(model).details["layers"] if "params_before" in r]
                 before = sum(r["params_before"] for r in decided)
                 after = sum(r.get("params_after", r["params_before"]) for r in decided)
                 n_dec = sum(r["status"] == "decomposed" for r in decided)

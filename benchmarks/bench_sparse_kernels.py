@@ -25,6 +25,7 @@ from _harness import main, ort_runner  # noqa: E402
 import slimtorch as st  # noqa: E402
 from slimtorch.measure.latency import time_alternating  # noqa: E402
 from slimtorch.prune.sparse_linear import SparseLinear  # noqa: E402
+from slimtorch.summary import last_summary  # noqa: E402
 
 SPARSITIES = (0.5, 0.75, 0.9, 0.95, 0.99)
 
@@ -78,7 +79,7 @@ def _model_rows(quick: bool) -> tuple[list, dict]:
     x = data.example_inputs(64)
     pruned = copy.deepcopy(dense)
     st.prune(pruned, st.UnstructuredPruning(sparsity=0.95, scope="layer", kernel="auto"), example_inputs=x)
-    kernels = pruned.slimtorch_pruning["kernels"]
+    kernels = last_summary(pruned).details["kernels"]
     ort_dense = _ort(dense.eval(), x)
     timings = time_alternating({"eager dense": lambda: dense(x), "ORT dense": ort_dense,
                                 "pruned 95%, kernel=auto": lambda: pruned(x)},

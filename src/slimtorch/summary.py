@@ -1,14 +1,18 @@
-"""What one compression step did: the layers it changed and the ones it skipped, with the reason for each.
+"""What one compression step did: the layers it changed, the ones it skipped with the reason for each, and the
+step's own facts (per-layer sparsities, ranks, kernels chosen).
 
-Every family that picks layers records a :class:`StepSummary` with :func:`record`; the last one is kept on the
-model as ``model.__dict__["slimtorch_summary"]`` (read it with :func:`last_summary`). Recording logs one named
-line per skipped layer and a warning when the step changed almost nothing it was pointed at.
+Every family records a :class:`StepSummary` with :func:`record`; the last one is kept on the model as
+``model.__dict__["slimtorch_summary"]`` (read it with :func:`last_summary`), the one place where what a step did
+is kept. Recording logs one named line per skipped layer and a warning when the step changed almost nothing it
+was pointed at; :func:`add_details` adds facts known only later in the step, without logging again.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from torch import nn
 
@@ -22,12 +26,25 @@ _KEY = "slimtorch_summary"
 
 @dataclass(frozen=True)
 class StepSummary:
-    """One step's effect: ``step`` (the config's class name), ``changed`` layer names and ``skipped`` layer
-    names mapped to the reason each was left alone."""
+    """One step's effect.
+
+    Attributes:
+        step: the config's class name.
+        changed: names of the layers the step changed.
+        skipped: names of the layers it was pointed at but left alone, each mapped to the reason.
+        details: the step's own facts, by family. Unstructured, N:M and scheduled pruning: ``layers`` (name ->
+            fraction of zero weights, 0-1), ``overall`` (fraction over those layers), ``skipped`` (N:M: layers
+            whose input width is not a multiple of m), ``kernels`` (``kernel="auto"``: per layer, the kernel
+            chosen and its timings), ``rounds`` (iterative: overall sparsity after each round), ``bn_batches``
+            (batches BatchNorm statistics were re-estimated on). Low rank: ``layers``, one row per candidate
+            layer (``name``, ``method``, ``status`` "decomposed" or "left dense", ``rank``, ``params_before``,
+            ``params_after`` or ``reason``).
+    """
 
     step: str
     changed: tuple[str, ...] = ()
     skipped: Mapping[str, str] = field(default_factory=dict)
+    details: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def changed_share(self) -> float:
@@ -55,3 +72,16 @@ def record(model: nn.Module, summary: StepSummary) -> StepSummary:
 def last_summary(model: nn.Module) -> StepSummary | None:
     """The summary of the last step applied to ``model``, or None if no step recorded one."""
     return model.__dict__.get(_KEY)
+
+
+def add_details(model: nn.Module, details: Mapping[str, Any], step: str | None = None) -> StepSummary:
+    """Merge ``details`` into the summary of the step last recorded on ``model`` (renamed ``step`` when given),
+    without logging its skipped layers again; a model with no summary yet gets one naming ``step``.
+
+    Returns:
+        The summary now kept on the model.
+    """
+    last = last_summary(model) or StepSummary(step or "")
+    summary = dataclasses.replace(last, step=step or last.step, details={**last.details, **details})
+    model.__dict__[_KEY] = summary
+    return summary

@@ -8,6 +8,7 @@ import slimtorch as st
 from slimtorch.lowrank.modules import LowRankConv2d, LowRankLinear
 from slimtorch.measure.size import count_params
 from slimtorch.recipe import Recipe
+from slimtorch.summary import last_summary
 
 
 def _mlp() -> nn.Module:
@@ -16,7 +17,7 @@ def _mlp() -> nn.Module:
 
 
 def _decomposed(model: nn.Module) -> dict[str, dict]:
-    return {r["name"]: r for r in model.slimtorch_lowrank}
+    return {r["name"]: r for r in last_summary(model).details["layers"]}
 
 
 def test_fixed_rank_ratio_and_head_kept():
@@ -59,7 +60,7 @@ def test_targets_respect_the_parameter_budget(digits_mlp, allocation, scope):
     if scope == "model":
         assert count_params(model)[0] <= total_before / 2
     else:
-        after = sum(r.get("params_after", r["params_before"]) for r in model.slimtorch_lowrank
+        after = sum(r.get("params_after", r["params_before"]) for r in last_summary(model).details["layers"]
                     if r["name"] in ("fc1", "fc2"))
         assert after <= layers_before / 2
     assert data.evaluate(model) > 0.9
@@ -110,7 +111,7 @@ def test_half_the_parameters_with_finetuning_stays_within_one_point(digits_cnn):
     model = copy.deepcopy(model)
     st.decompose(model, st.LowRank(target=2.0, target_scope="layers", allocation="uniform", finetune_epochs=2),
                  data=data)
-    assert sum(r["status"] == "decomposed" for r in model.slimtorch_lowrank) >= 8
+    assert sum(r["status"] == "decomposed" for r in last_summary(model).details["layers"]) >= 8
     assert data.evaluate(model) >= base - 0.01
 
 

@@ -44,8 +44,8 @@ def test_unstructured_prunes_every_conv1d(tmp_path):
     model = gpt2()
     st.prune(model, st.UnstructuredPruning(sparsity=0.5))
     layers = conv1ds(model)
-    assert len(layers) == 8 and set(model.slimtorch_pruning["layers"]) == set(layers)
-    assert model.slimtorch_pruning["overall"] == pytest.approx(0.5, abs=1e-3)
+    assert len(layers) == 8 and set(last_summary(model).details["layers"]) == set(layers)
+    assert last_summary(model).details["overall"] == pytest.approx(0.5, abs=1e-3)
     assert all(float((m.weight == 0).float().mean()) > 0.2 for m in layers.values())
     assert float((model.lm_head.weight == 0).float().mean()) == 0  # the head (tied embedding) is left alone
     assert set(last_summary(model).changed) == set(layers)

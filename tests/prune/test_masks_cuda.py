@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 import slimtorch as st
+from slimtorch.summary import last_summary
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -43,4 +44,4 @@ def test_finetune_and_gradual_on_cuda_keep_masks():
     assert int((model[4].weight != 0).sum()) == model[4].weight.numel() // 2
     other, _ = _setup()
     st.prune(other, st.GradualPruning(sparsity=0.9, epochs=3, frequency=2, importance="movement"), data=batches)
-    assert other.slimtorch_pruning["overall"] == pytest.approx(0.9, abs=1e-3)
+    assert last_summary(other).details["overall"] == pytest.approx(0.9, abs=1e-3)

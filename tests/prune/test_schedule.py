@@ -9,6 +9,7 @@ from torch import nn
 import slimtorch as st
 from slimtorch.prune.masks import attach_mask
 from slimtorch.prune.schedule import GradualPruner, cubic_sparsity, iterative_sparsities
+from slimtorch.summary import last_summary
 
 
 def task(n=256):
@@ -76,7 +77,7 @@ def test_gradual_pruning_through_prune_reaches_the_target_and_learns(importance)
     data = task()
     cfg = st.GradualPruning(sparsity=0.9, epochs=6, frequency=4, importance=importance, lr=1e-2)
     st.prune(model, cfg, data=data)
-    assert model.slimtorch_pruning["overall"] == pytest.approx(0.9, abs=1e-3)
+    assert last_summary(model).details["overall"] == pytest.approx(0.9, abs=1e-3)
     with torch.no_grad():
         acc = sum(float((model(x).argmax(1) == y).sum()) for x, y in data) / 256
     assert acc > 0.85
@@ -85,7 +86,7 @@ def test_gradual_pruning_through_prune_reaches_the_target_and_learns(importance)
 def test_iterative_pruning_rounds():
     model = net()
     st.prune(model, st.IterativePruning(sparsity=0.9, rounds=3, epochs_per_round=1, lr=1e-2), data=task())
-    rounds = model.slimtorch_pruning["rounds"]
+    rounds = last_summary(model).details["rounds"]
     assert rounds == pytest.approx(iterative_sparsities(0.9, 3), abs=1e-3)
     assert int((model[0].weight == 0).sum()) + int((model[2].weight == 0).sum()) == round(0.9 * (640 + 4096))
 

@@ -8,6 +8,7 @@ from torch import nn
 
 import slimtorch as st
 from slimtorch.prune.semistructured import check_nm, nm_mask, nm_violations
+from slimtorch.summary import last_summary
 
 
 @settings(max_examples=40, deadline=None)
@@ -34,7 +35,7 @@ def test_nm_pattern_holds_on_a_model(n, m):
         assert nm_violations(layer.weight, n, m) == 0
         assert int((layer.weight != 0).sum()) == layer.weight.numel() * n // m
     check_nm(model, n, m, ["0", "2"])
-    assert model.slimtorch_pruning["overall"] == pytest.approx(1 - n / m)
+    assert last_summary(model).details["overall"] == pytest.approx(1 - n / m)
 
 
 def test_conv_groups_run_along_in_times_kernel_and_odd_layers_are_skipped(digits_cnn):
@@ -42,7 +43,7 @@ def test_conv_groups_run_along_in_times_kernel_and_odd_layers_are_skipped(digits
 
     model = copy.deepcopy(digits_cnn[0])
     st.prune(model, st.NMPruning(n=2, m=4), data=digits_cnn[1])  # data: BatchNorm statistics re-estimated
-    assert model.slimtorch_pruning["skipped"] == ["stem.0"]  # 1 x 3 x 3 = 9 inputs per filter
+    assert last_summary(model).details["skipped"] == ["stem.0"]  # 1 x 3 x 3 = 9 inputs per filter
     conv = model.layer1.conv1
     assert nm_violations(conv.weight, 2, 4) == 0
     assert (conv.weight.reshape(conv.out_channels, -1).reshape(-1, 4) != 0).sum(1).max() == 2

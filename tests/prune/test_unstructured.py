@@ -8,6 +8,7 @@ from torch import nn
 
 import slimtorch as st
 from slimtorch.prune.unstructured import lowest_mask, plan_masks
+from slimtorch.summary import last_summary
 
 
 def mlp():
@@ -24,7 +25,7 @@ def test_layer_scope_gives_every_layer_the_exact_sparsity():
     st.prune(model, st.UnstructuredPruning(sparsity=0.75, scope="layer"))
     assert zeros(model[0]) == round(0.75 * 800) and zeros(model[2]) == round(0.75 * 1200)
     assert zeros(model[4]) == 0  # the classifier head is left alone by default
-    assert model.slimtorch_pruning["layers"] == {"0": 0.75, "2": 0.75}
+    assert last_summary(model).details["layers"] == {"0": 0.75, "2": 0.75}
 
 
 def test_global_scope_exact_overall_and_uneven_per_layer():
@@ -33,9 +34,9 @@ def test_global_scope_exact_overall_and_uneven_per_layer():
         model[2].weight.mul_(0.01)  # layer 2 is far less important: global ranking must prune it harder
     st.prune(model, st.UnstructuredPruning(sparsity=0.6, scope="global"))
     assert zeros(model[0]) + zeros(model[2]) == round(0.6 * 2000)
-    per = model.slimtorch_pruning["layers"]
+    per = last_summary(model).details["layers"]
     assert per["2"] > 0.95 and per["0"] < 0.2
-    assert model.slimtorch_pruning["overall"] == pytest.approx(0.6, abs=1e-9)
+    assert last_summary(model).details["overall"] == pytest.approx(0.6, abs=1e-9)
 
 
 def test_magnitude_prunes_the_smallest_weights():

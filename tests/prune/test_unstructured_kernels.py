@@ -7,6 +7,7 @@ from torch import nn
 import slimtorch as st
 from slimtorch.measure.latency import Timing
 from slimtorch.prune.sparse_linear import SparseLinear, use_sparse_kernels
+from slimtorch.summary import last_summary
 
 
 def sparse_linear_layer(sparsity=0.95, shape=(64, 48)):
@@ -69,7 +70,7 @@ def test_kernel_auto_through_prune_times_real_layers():
     model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 4))
     x = torch.randn(8, 64)
     st.prune(model, st.UnstructuredPruning(sparsity=0.97, scope="layer", kernel="auto"), example_inputs=x)
-    kernels = model.slimtorch_pruning["kernels"]
+    kernels = last_summary(model).details["kernels"]
     assert {"0", "2"} <= set(kernels)
     for name, row in kernels.items():
         if name == "model":

@@ -111,7 +111,7 @@ def test_masking_prunes_tf_same_convs(conv, config, tmp_path):
         assert all(nm_violations(getattr(model, n).weight, 2, 4) == 0 for n in ("conv1", "conv2"))
         assert dict(last_summary(model).skipped) == {"stem": "input size 27 is not a multiple of m=4"}
     else:
-        assert model.slimtorch_pruning["overall"] == pytest.approx(0.5, abs=1e-3)
+        assert last_summary(model).details["overall"] == pytest.approx(0.5, abs=1e-3)
     loaded = st.load(st.save(st.make_permanent(model), tmp_path / "m"), tf_net(conv))
     torch.testing.assert_close(loaded(X), out, rtol=0, atol=0)
 

@@ -151,8 +151,8 @@ def decompose_lowrank(
     """Replace the chosen Linear/Conv2d layers of ``model`` by low-rank factorizations, in place.
 
     The handler behind ``slimtorch.decompose(model, LowRank(...))``. The decisions (layer, method, rank,
-    weights before and after, or why a layer was left alone) are kept as ``model.slimtorch_lowrank``, a list
-    of dicts.
+    weights before and after, or why a layer was left alone) are kept in the step's summary,
+    ``slimtorch.summary.last_summary(model).details["layers"]``, a list of dicts.
 
     Args:
         model: the model (changed in place; its train/eval mode is kept).
@@ -218,9 +218,9 @@ def decompose_lowrank(
         model.train(was_training)
     for row in decisions:
         logger.info("low-rank %s: %s %s", row["name"], row["status"], row.get("rank", row.get("reason", "")))
-    model.__dict__["slimtorch_lowrank"] = decisions
     record_summary(model, StepSummary(type(config).__name__,
-                                      tuple(r["name"] for r in decisions if r["status"] == "decomposed"), skipped))
+                                      tuple(r["name"] for r in decisions if r["status"] == "decomposed"), skipped,
+                                      details={"layers": decisions}))
     if teacher is not None:
         from slimtorch.train.finetune import Finetune, finetune
 

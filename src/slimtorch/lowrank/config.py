@@ -43,7 +43,8 @@ class LowRank(Config):
         >>> import slimtorch as st
         >>> model, data = st.zoo.load("digits-mlp")
         >>> _ = st.decompose(model, st.LowRank(target=2.0, target_scope="layers"), data=data)
-        >>> [r["name"] for r in model.slimtorch_lowrank if r["status"] == "decomposed"]
+        >>> from slimtorch.summary import last_summary
+        >>> [r["name"] for r in last_summary(model).details["layers"] if r["status"] == "decomposed"]
         ['fc2']
     """
 

@@ -29,6 +29,7 @@ from slimtorch.prune.channel_scores import recalibrate_batchnorm
 from slimtorch.prune.config import GradualPruning, IterativePruning, _Scheduled
 from slimtorch.prune.masks import MASK, attach_mask
 from slimtorch.prune.unstructured import apply_unstructured, choose_layers, plan_masks, report
+from slimtorch.summary import add_details
 from slimtorch.train.finetune import Finetune, finetune, frozen_copy
 
 
@@ -121,7 +122,7 @@ def _iterative(model: nn.Module, config: IterativePruning, *, data: Any, example
         rounds.append(result["overall"])
         logger.info("iterative pruning round %d/%d: %.1f%% zero", k + 1, config.rounds, 100 * result["overall"])
     result["rounds"] = rounds
-    model.__dict__["slimtorch_pruning"] = result
+    add_details(model, result, step=type(config).__name__)
     return model
 
 
@@ -148,6 +149,6 @@ def _gradual(model: nn.Module, config: GradualPruning, *, data: Any, example_inp
     result = report({n: getattr(m, MASK).bool() for n, m in layers})
     # running statistics lag behind the last pruning steps (momentum averages): re-estimate them
     result["bn_batches"] = recalibrate_batchnorm(model, data, 8)
-    model.__dict__["slimtorch_pruning"] = result
+    add_details(model, result, step=type(config).__name__)
     logger.info("gradual pruning: %.1f%% zero after %d steps", 100 * result["overall"], pruner.step)
     return model

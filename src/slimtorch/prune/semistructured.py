@@ -22,7 +22,7 @@ from slimtorch.layer_kinds import is_transposed_linear
 from slimtorch.prune.config import NMPruning
 from slimtorch.prune.masks import MASK, attach_mask, make_permanent
 from slimtorch.prune.unstructured import choose_layers, layer_scores, report
-from slimtorch.summary import StepSummary, record
+from slimtorch.summary import StepSummary, add_details, record
 
 
 def output_first(module: nn.Module, tensor: torch.Tensor) -> torch.Tensor:
@@ -109,5 +109,5 @@ def _prune(model: nn.Module, config: NMPruning, *, data: Any, example_inputs: An
     logger.info("%d:%d pruning: %.1f%% zero over %d layers", config.n, config.m, 100 * result["overall"], len(fits))
     if not config.keep_masks:
         make_permanent(model)
-    model.__dict__["slimtorch_pruning"] = result
+    add_details(model, result)
     return model

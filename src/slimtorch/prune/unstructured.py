@@ -22,7 +22,7 @@ from slimtorch.prune import importance as imp
 from slimtorch.prune.config import UnstructuredPruning
 from slimtorch.prune.masks import MASK, attach_mask, is_masked, make_permanent
 from slimtorch.select import last_linear, select
-from slimtorch.summary import StepSummary, last_summary, record
+from slimtorch.summary import StepSummary, add_details, last_summary, record
 
 PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -182,5 +182,5 @@ def _prune(model: nn.Module, config: UnstructuredPruning, *, data: Any, example_
         pruned = last_summary(model)
         result["kernels"] = use_sparse_kernels(model, example_inputs, layers=list(result["layers"]))
         record(model, pruned)  # the step's summary is the pruning's; the kernels' was logged
-    model.__dict__["slimtorch_pruning"] = result
+    add_details(model, result)
     return model
