@@ -87,9 +87,9 @@ class AgreementReport:
         samples: rows (samples) compared.
         tolerance: the bounds applied.
         passed: whether every bound was met, by the tolerance or within the noise floor.
-        noise_floor: how PyTorch's output moves against itself when every layer's input is nudged by
-            ``NUDGE_ULPS`` units of float rounding, measured only when a bound of ``tolerance`` was missed;
-            None otherwise.
+        noise_floor: how far PyTorch's output moves against itself when every layer's input is nudged by
+            ``NUDGE_ULPS`` units of float rounding (the worst of ``NUDGE_DRAWS`` draws), measured only when a
+            bound of ``tolerance`` was missed; None otherwise.
     """
 
     kind: str
@@ -114,7 +114,8 @@ class AgreementReport:
         if self.noise_floor is not None:
             f = self.noise_floor
             line += (f"; the model's own noise floor (every layer input nudged by {NUDGE_ULPS} units of float "
-                     f"rounding): max rel error {f.max_rel_error:.3g}, cosine {f.cosine:.6f}" + (
+                     f"rounding, worst of {NUDGE_DRAWS} draws; {FLOOR_SLACK:g}x its deviation is accepted): "
+                     f"max rel error {f.max_rel_error:.3g}, cosine {f.cosine:.6f}" + (
                          "" if f.top1_agreement is None else f", top-1 {f.top1_agreement:.4f}") + (
                          ": the runtimes agree within it" if self.passed else ""))
         return line
@@ -221,8 +222,11 @@ def check_agreement(
         diff = _Difference.of(refs, gots, tol.max_rel_error)
         floor = None
         if not diff.within(tol):
-            with _nudged(model):
-                floor = _Difference.of(refs, [_run(model, b) for b in batches], tol.max_rel_error)
+            draws = []
+            for seed in range(NUDGE_DRAWS):
+                with _nudged(model, seed):
+                    draws.append(_Difference.of(refs, [_run(model, b) for b in batches], tol.max_rel_error))
+            floor = _Difference.worst(draws)
     finally:
         model.train(was_training)
     passed = diff.within(tol) or (floor is not None and diff.within(floor.as_tolerance(tol)))
@@ -278,15 +282,22 @@ class _Difference:
         cos = np.concatenate(cosines) if cosines else np.ones(1)
         return cls(max_abs, max_rel, cos, agree / rows if classify and rows else None)
 
+    @classmethod
+    def worst(cls, draws: list[_Difference]) -> _Difference:
+        """The largest deviation of each kind over several draws (per-sample cosines: the smallest)."""
+        top1 = [d.top1 for d in draws if d.top1 is not None]
+        return cls(max(d.max_abs for d in draws), max(d.max_rel for d in draws),
+                   np.minimum.reduce([d.cosines for d in draws]), min(top1) if top1 else None)
+
     def within(self, tol: Tolerance) -> bool:
         """Whether every bound of ``tol`` is met."""
         return self.max_rel <= tol.max_rel_error and float(self.cosines.min()) >= tol.min_cosine and (
             self.top1 is None or self.top1 >= tol.min_top1)
 
     def as_tolerance(self, tol: Tolerance) -> Tolerance:
-        """Bounds as loose as this noise floor, never tighter than ``tol``."""
-        return Tolerance(max_rel_error=max(tol.max_rel_error, self.max_rel),
-                         min_cosine=min(tol.min_cosine, float(self.cosines.min())),
+        """Bounds as loose as this noise floor (its deviations times ``FLOOR_SLACK``), never tighter than ``tol``."""
+        return Tolerance(max_rel_error=max(tol.max_rel_error, FLOOR_SLACK * self.max_rel),
+                         min_cosine=min(tol.min_cosine, 1.0 - FLOOR_SLACK * (1.0 - float(self.cosines.min()))),
                          min_top1=min(tol.min_top1, 1.0 if self.top1 is None else self.top1))
 
     def as_noise_floor(self) -> NoiseFloor:
@@ -298,14 +309,23 @@ class _Difference:
 #: unit alone flips almost no int8 code (none in a random MobileNet v2 whose ONNX export differs by cosine 0.989)
 NUDGE_ULPS = 4
 
+#: independent nudges the floor is the worst of: one draw is a lottery in a chaotic int8 model (which near-tie codes
+#: flip), so a single draw can land just below a disagreement of the same size
+NUDGE_DRAWS = 3
+
+#: how much larger than the floor a disagreement may be: the floor is an estimate from a few draws, and where one
+#: near-tie code dominates the output, the nudge and the other runtime flip the same code and land on the same
+#: deviation to six digits (a random MobileNet v3: cosine 0.973059 both), so an exact bound would be a coin toss
+FLOOR_SLACK = 1.5
+
 
 @contextlib.contextmanager
-def _nudged(model: nn.Module) -> Iterator[None]:
+def _nudged(model: nn.Module, seed: int = 0) -> Iterator[None]:
     """Within the block, every leaf module's floating-point positional inputs are multiplied by
-    ``1 +- NUDGE_ULPS * eps`` of the dtype the layer computes in (random sign per element, seeded): what two
+    ``1 +- NUDGE_ULPS * eps`` of the dtype the layer computes in (random sign per element, from ``seed``): what two
     correct runtimes that round differently feed each layer. A layer computes in its input's dtype, or in the one
     its ``input_rounding(x)`` names (weight-only layers on bfloat16-activation kernels)."""
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator().manual_seed(seed)
 
     def nudge(module: nn.Module, args: tuple) -> tuple:
         out = []
