@@ -111,8 +111,6 @@ def test_human_count(n, text):
     assert human_count(n) == text
 
 
-@pytest.mark.xfail(strict=True, reason="compare.py:18-19 and :27-28 pick the unit before rounding: 1048575 B is "
-                                       "1023.999 KiB and prints '1024.0 KiB', 999_999 prints '1000.00k'")
 @pytest.mark.parametrize("fmt,n,text", [(human_bytes, 2**20 - 1, "1.0 MiB"), (human_count, 999_999, "1.00M")])
 def test_a_value_that_rounds_up_to_the_next_unit_is_shown_in_it(fmt, n, text):
     assert fmt(n) == text

@@ -28,6 +28,11 @@ def top1_accuracy(model: nn.Module, loader: Iterable) -> float:
                 if target is None:
                     raise DataError("accuracy needs labelled batches (inputs, labels)")
                 pred = first_tensor(call(model, inputs)).argmax(dim=-1)
+                if target.dim() == pred.dim() + 1 and target.shape[-1] == 1:
+                    target = target.squeeze(-1)  # labels as a column ([B, 1], a TensorDataset of unsqueezed labels)
+                if target.shape != pred.shape:
+                    raise DataError(f"labels of shape {tuple(target.shape)} do not match the predictions' "
+                                    f"{tuple(pred.shape)}; pass one class index per sample")
                 correct += int((pred == target).sum())
                 total += int(target.numel())
     finally:

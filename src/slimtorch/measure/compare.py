@@ -15,8 +15,9 @@ from slimtorch.measure.metrics import Metrics
 def human_bytes(n: float) -> str:
     """``1536`` -> ``"1.5 KiB"``."""
     for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        shown = f"{n:.0f}" if unit == "B" else f"{n:.1f}"
+        if abs(float(shown)) < 1024 or unit == "GiB":  # decided after rounding: 1048575 B is "1.0 MiB"
+            return f"{shown} {unit}"
         n /= 1024
     return f"{n:.1f} GiB"
 
@@ -24,7 +25,8 @@ def human_bytes(n: float) -> str:
 def human_count(n: float) -> str:
     """``2_500_000`` -> ``"2.50M"``."""
     for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= div:
+        # a value that rounds up to 1.00 of a unit is shown in it: 999_999 is "1.00M", not "1000.00k"
+        if abs(n) >= div or (unit != "k" and round(abs(n) / div, 2) >= 1.0):
             return f"{n / div:.2f}{unit}"
     return f"{n:.0f}"
 

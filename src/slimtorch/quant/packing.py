@@ -19,9 +19,10 @@ def pack_int4(q: torch.Tensor, signed: bool = True) -> torch.Tensor:
     Raises:
         ValueError: a value outside the 4-bit range.
     """
-    codes = q.to(torch.int16) + (8 if signed else 0)
-    if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) > 15):
+    lo, hi = (-8, 7) if signed else (0, 15)
+    if q.numel() and (int(q.min()) < lo or int(q.max()) > hi):  # before any cast: a wide value must not wrap
         raise ValueError(f"values must fit in 4 bits ({'-8..7' if signed else '0..15'}) to be packed")
+    codes = q.to(torch.int16) + (8 if signed else 0)
     if codes.shape[-1] % 2:
         codes = torch.nn.functional.pad(codes, (0, 1))
     low, high = codes[..., 0::2], codes[..., 1::2]
