@@ -31,6 +31,8 @@ from slimtorch.prune.masks import make_permanent  # noqa: E402
 from slimtorch.quant.binary import Binarize, Ternarize  # noqa: E402
 from slimtorch.quant.ptq import DynamicQuant, StaticQuant, WeightOnlyQuant  # noqa: E402
 from slimtorch.quant.qat import convert, prepare_qat  # noqa: E402
+from slimtorch.quant.config import QuantAwareTraining  # noqa: E402
+from slimtorch.train import qat as _qat_stage  # noqa: E402, F401  (registers the QuantAwareTraining handler)
 from slimtorch.search.sensitivity import quant_sensitivity  # noqa: E402
 
 from slimtorch.api import compress, decompose, prune, quantize  # noqa: E402  (keep last)
@@ -72,6 +74,7 @@ __all__ = [
     "load",
     "measure",
     "prepare_qat",
+    "QuantAwareTraining",
     "prune",
     "quant_sensitivity",
     "quantize",

@@ -110,3 +110,62 @@ class WeightOnlyQuant(Config):
             raise ConfigError(f"{name}.group_size=None is not allowed with bits=4; use a group size such as 128")
         _check_patterns(name, "include", self.include)
         _check_patterns(name, "exclude", self.exclude)
+
+
+@register("quantize", "qat")
+@dataclass(frozen=True, kw_only=True)
+class QuantAwareTraining(Config):
+    """Quantization-aware training as one recipe stage: the chosen layers become fake-quant training layers of the
+    ``target`` format, train on the stage's labelled data (distilling from the model as it was before the stage),
+    then become that format's integer layers -- ``st.prepare_qat``, ``st.finetune`` and ``st.convert`` in one.
+
+    Attributes:
+        target: the format trained for: "static" (int8 weights and activations, ``StaticQuant``), "dynamic"
+            (``DynamicQuant``), "weight_only" (``WeightOnlyQuant`` with ``bits`` and ``group_size``), "binary"
+            (``Binarize``) or "ternary" (``Ternarize``).
+        bits, group_size: the weight-only format (ignored by the others).
+        epochs: training epochs.
+        lr: learning rate (smaller than a float fine-tune's: the weights start trained).
+        distill: distill from the model as it was before the stage.
+        max_batches: stop each epoch after this many batches (None: the whole loader).
+        include: only these layers (static, dynamic, weight-only; None: every layer the format takes).
+        exclude: layers kept in float.
+    """
+
+    target: Literal["static", "dynamic", "weight_only", "binary", "ternary"] = "static"
+    bits: Literal[4, 8] = 8
+    group_size: int | None = None
+    epochs: int = 1
+    lr: float = 1e-4
+    distill: bool = True
+    max_batches: int | None = None
+    include: tuple[str, ...] | None = None
+    exclude: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        name = type(self).__name__
+        check_range(name, "epochs", self.epochs, 1, integer=True)
+        check_range(name, "lr", self.lr, 0, lo_open=True)
+        if self.max_batches is not None:
+            check_range(name, "max_batches", self.max_batches, 1, integer=True)
+        if self.include is not None and self.target in ("binary", "ternary"):
+            raise ConfigError(f"{name}.include is not allowed with target={self.target!r}; use exclude")
+        _check_patterns(name, "include", self.include)
+        _check_patterns(name, "exclude", self.exclude)
+        self.format_config()  # the target's own checks (e.g. bits=4 needs a group size)
+
+    def requires_data(self) -> bool:
+        """Training needs a labelled loader."""
+        return True
+
+    def format_config(self) -> Config:
+        """The config of the format trained for, with this stage's layer choice."""
+        from slimtorch.quant.binary.config import Binarize, Ternarize
+
+        if self.target in ("binary", "ternary"):
+            return (Binarize if self.target == "binary" else Ternarize)(exclude=self.exclude)
+        if self.target == "weight_only":
+            return WeightOnlyQuant(bits=self.bits, group_size=self.group_size, include=self.include,
+                                   exclude=self.exclude)
+        return (StaticQuant if self.target == "static" else DynamicQuant)(include=self.include, exclude=self.exclude)
