@@ -86,6 +86,16 @@ def batch_norm(b, op: Op) -> None:
     b.set(op.outputs[0], xd)
 
 
+def prelu(b, op: Op) -> None:
+    """PReLU: one slope per channel, along dim 1 of the input (its only dim for a 1-D input), or one for all."""
+    x, w = _ref(sr.arg(op, 0, "input")), _ref(sr.arg(op, 1, "weight"))
+    xd = b.dims(x)
+    if w is not None and b.shape(w)[0] > 1:
+        channel = 1 if len(xd) >= 2 else 0
+        b.unify(xd[channel], b.dims(w)[0], b.shape(w)[0], f"prelu {op.module}")
+    b.set(op.outputs[0], xd)
+
+
 def layer_norm(b, op: Op) -> None:
     """LayerNorm/RMSNorm: weight and bias follow the normalized (last) dims."""
     x = _ref(sr.arg(op, 0, "input"))
@@ -199,6 +209,7 @@ RULES = {
     "batch_norm": batch_norm, "instance_norm": batch_norm,
     "layer_norm": layer_norm, "rms_norm": layer_norm,
     "group_norm": group_norm,
+    "prelu": prelu,
     "embedding": embedding,
     "matmul": matmul, "bmm": matmul, "mm": matmul, "addmm": addmm,
     "scaled_dot_product_attention": sdpa,

@@ -20,7 +20,7 @@ ELEMENTWISE = {
     "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout", "clamp", "clip", "neg", "exp",
     "sqrt", "rsqrt", "pow", "abs", "masked_fill", "contiguous", "clone", "to", "float", "half", "bfloat16", "type",
     "type_as", "detach", "data", "erf", "log", "sin", "cos", "maximum", "minimum", "where", "square", "reciprocal",
-    "clamp_min", "clamp_max", "prelu", "addcmul", "lerp", "requires_grad", "copy",
+    "clamp_min", "clamp_max", "addcmul", "lerp", "requires_grad", "copy",
 }
 FACTORIES = {"zeros", "ones", "empty", "full", "arange", "zeros_like", "ones_like", "empty_like", "full_like",
              "rand", "randn", "rand_like", "randn_like", "tensor", "as_tensor", "linspace", "tril", "triu", "new_zeros",
@@ -146,7 +146,9 @@ def permute(b, op: Op) -> None:
     if op.name == "permute":
         perm = op.args[1:] if len(op.args) > 2 or isinstance(op.args[1], int) else op.args[1]
         order = [int(p) % n for p in perm]
-    elif op.name in {"t", "T"} and n == 2 or op.name == "mT":
+    elif op.name == "T":  # reverses every dim (deprecated above 2-D, still valid): the 2-D transpose for matrices
+        order = order[::-1]
+    elif op.name == "t" and n == 2 or op.name == "mT":
         order[-1], order[-2] = order[-2], order[-1]
     elif op.name in {"transpose", "swapaxes", "swapdims"}:
         d0, d1 = int(arg(op, 1, "dim0")) % n, int(arg(op, 2, "dim1")) % n

@@ -7,14 +7,17 @@ import tempfile
 from pathlib import Path
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-#: the mode an ordinary ``open(path, "w")`` would give (mkstemp's temporary files start at 0600)
-FILE_MODE = 0o666 & ~_umask()
+def file_mode() -> int:
+    """The mode an ordinary ``open(path, "w")`` would give now (mkstemp's temporary files start at 0600): 0o666
+    less the umask in force, read from ``/proc/self/status`` (no change to the process: setting the umask to read
+    it, the portable way, races with other threads), else set and restored."""
+    try:
+        with open("/proc/self/status") as status:
+            mask = next(int(line.split()[1], 8) for line in status if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0)
+        os.umask(mask)
+    return 0o666 & ~mask
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -48,6 +51,6 @@ def temporary_sibling(path: str | os.PathLike) -> Path:
 
 def publish(tmp: str | os.PathLike, path: str | os.PathLike) -> Path:
     """Give a finished temporary file the usual permissions and rename it to ``path`` (atomic); returns the path."""
-    os.chmod(tmp, FILE_MODE)
+    os.chmod(tmp, file_mode())
     os.replace(tmp, path)
     return Path(path)

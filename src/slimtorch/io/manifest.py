@@ -69,7 +69,14 @@ def _mha_args(m: nn.MultiheadAttention) -> dict[str, Any]:
         "kdim": m.kdim,
         "vdim": m.vdim,
         "batch_first": m.batch_first,
+        **_set_only(m, {"add_zero_attn": False}),
     }
+
+
+def _set_only(m: nn.Module, defaults: dict[str, Any]) -> dict[str, Any]:
+    """Constructor arguments that change the forward, recorded only where they differ from the default: the
+    description of a layer that leaves them alone stays what files written before they were recorded hold."""
+    return {k: getattr(m, k) for k, default in defaults.items() if getattr(m, k) != default}
 
 
 #: plain torch layers whose shape slimtorch may change: class -> constructor-argument reader
@@ -96,6 +103,7 @@ TORCH_MODULES: dict[type[nn.Module], Callable[[nn.Module], dict[str, Any]]] = {
         "num_embeddings": m.num_embeddings,
         "embedding_dim": m.embedding_dim,
         "padding_idx": m.padding_idx,
+        **_set_only(m, {"max_norm": None, "norm_type": 2.0, "scale_grad_by_freq": False, "sparse": False}),
     },
     nn.MultiheadAttention: _mha_args,
     nn.Identity: lambda m: {},
