@@ -7,7 +7,6 @@ checks then cut a real model along the groups the rules build and compare it wit
 removed channels are silenced.
 """
 
-import copy
 from fractions import Fraction
 
 import pytest
@@ -16,8 +15,8 @@ from torch import nn
 
 from slimtorch.graph import rules
 from slimtorch.graph import shape_rules as sr
-from slimtorch.graph.groups import _Builder, build
-from slimtorch.graph.surgery import kept_entries, shrink
+from slimtorch.graph.groups import _Builder
+from slimtorch.graph.surgery import kept_entries
 from slimtorch.graph.trace import Op, Ref, Trace
 
 ONE = Fraction(1)
@@ -321,17 +320,9 @@ def test_op_name_families_do_not_overlap():
 # ---- end to end: cutting along the groups equals silencing the removed channels ----
 
 
-def cut(model, x, producer, keep):
-    """A copy of ``model`` whose group produced by ``producer`` keeps the channels ``keep``."""
-    graph = build(model, x)
-    group = next(g for g in graph.groups if producer in g.producers)
-    assert group.prunable, group.frozen
-    pruned = copy.deepcopy(model)
-    shrink(pruned, graph, {group.id: torch.tensor(keep)})
-    return pruned
 
 
-def test_linear_cut_equals_silencing_the_removed_neurons():
+def test_linear_cut_equals_silencing_the_removed_neurons(cut):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)).eval()
     x = torch.randn(5, 4)
@@ -343,7 +334,7 @@ def test_linear_cut_equals_silencing_the_removed_neurons():
     torch.testing.assert_close(pruned(x), model(x))
 
 
-def test_depthwise_cut_keeps_each_kept_channels_filters():
+def test_depthwise_cut_keeps_each_kept_channels_filters(cut):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Conv2d(4, 8, 3, padding=1, groups=4), nn.ReLU(),
                           nn.Conv2d(8, 2, 1)).eval()
@@ -356,7 +347,7 @@ def test_depthwise_cut_keeps_each_kept_channels_filters():
     torch.testing.assert_close(pruned(x), model(x), atol=1e-5, rtol=1e-5)
 
 
-def test_conv_transpose_cut_equals_silencing_the_removed_filters():
+def test_conv_transpose_cut_equals_silencing_the_removed_filters(cut):
     torch.manual_seed(0)
     model = nn.Sequential(nn.ConvTranspose2d(3, 6, 2, stride=2), nn.ReLU(), nn.Conv2d(6, 2, 1)).eval()
     x = torch.randn(1, 3, 4, 4)
@@ -367,7 +358,7 @@ def test_conv_transpose_cut_equals_silencing_the_removed_filters():
     torch.testing.assert_close(pruned(x), model(x), atol=1e-5, rtol=1e-5)
 
 
-def test_embedding_cut_equals_silencing_the_removed_features():
+def test_embedding_cut_equals_silencing_the_removed_features(cut):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Embedding(10, 6), nn.Linear(6, 3)).eval()
     ids = torch.randint(0, 10, (2, 5))

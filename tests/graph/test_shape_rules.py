@@ -387,16 +387,9 @@ def test_factories_hold_no_channels():
 # ---- end to end: cutting along the groups equals silencing the removed channels ----
 
 
-def cut(model, x, producer, keep):
-    graph = build(model, x)
-    group = next(g for g in graph.groups if producer in g.producers)
-    assert group.prunable, group.frozen
-    pruned = copy.deepcopy(model)
-    shrink(pruned, graph, {group.id: torch.tensor(keep)})
-    return pruned
 
 
-def test_flatten_cut_keeps_each_channels_features():
+def test_flatten_cut_keeps_each_channels_features(cut):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(2, 3, 1), nn.ReLU(), nn.Flatten(), nn.Linear(12, 2)).eval()
     x = torch.randn(2, 2, 2, 2)
@@ -443,7 +436,7 @@ class Branches(nn.Module):
         return self.mix(torch.cat([torch.relu(self.a(x)), torch.relu(self.b(x))], dim=1))
 
 
-def test_cat_cut_removes_the_inputs_of_the_branch_that_lost_channels():
+def test_cat_cut_removes_the_inputs_of_the_branch_that_lost_channels(cut):
     torch.manual_seed(0)
     model, x = Branches().eval(), torch.randn(1, 3, 4, 4)
     pruned = cut(model, x, "b", [0, 2])
@@ -463,7 +456,7 @@ class Sequence(nn.Module):
         return self.conv(torch.relu(self.embed(x)).transpose(1, 2))
 
 
-def test_transpose_cut_follows_the_channels_to_the_conv_inputs():
+def test_transpose_cut_follows_the_channels_to_the_conv_inputs(cut):
     torch.manual_seed(0)
     model, x = Sequence().eval(), torch.randn(2, 5, 4)
     pruned = cut(model, x, "embed", [1, 4])
