@@ -49,7 +49,8 @@ def to_channels(entry_scores: torch.Tensor, label: tuple, space: int, size: int)
 def keep_count(size: int, remove_fraction: float, *, step: int, max_ratio: float) -> int:
     """Channels a group of ``size`` keeps: ``size * (1 - remove_fraction)`` rounded to a multiple of ``step``,
     at least ``size * (1 - max_ratio)`` and at least one step."""
-    floor = max(step, math.ceil(size * (1 - max_ratio) / step) * step)
+    # rounded before the ceiling: 1 - 0.7 is 0.30000000000000004, and 10 channels must keep 3, not 4
+    floor = max(step, math.ceil(round(size * (1 - max_ratio) / step, 9)) * step)
     kept = round(size * (1 - remove_fraction) / step) * step
     return int(min(size, max(floor, kept)))
 
