@@ -60,16 +60,33 @@ def load_state_file(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as err:  # safetensors' own SafetensorError: a truncated or corrupt file
+            raise DataError(f"{path} is not a readable safetensors file ({_first_line(err)}); save it again "
+                            "with safetensors.torch.save_file or st.save") from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise DataError(
-            f"{path} is not a weights-only torch file ({err}); save a state_dict or use safetensors"
-        ) from None
+        raise DataError(f"{path} is not a weights-only torch file ({_first_line(err)}); save a state_dict "
+                        "(torch.save(model.state_dict(), ...)) or use safetensors") from None
     if not isinstance(state, dict):
         raise DataError(f"{path} does not hold a state dict")
     return state
+
+
+def _first_line(err: BaseException) -> str:
+    """The first non-empty line of an error's message, terminal colour codes removed."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+    return next((line.strip() for line in text.splitlines() if line.strip()), type(err).__name__)
+
+
+def _state_mismatch(err: RuntimeError) -> str:
+    """What ``load_state_dict`` found wrong, in one line: the missing / unexpected keys and the shape mismatches."""
+    lines = [line.strip() for line in str(err).splitlines()[1:] if line.strip()]
+    return "; ".join(lines)[:600] or _first_line(err)
 
 
 def check_zoo_spec(spec: str, what: str, error: type[Exception]) -> str:
@@ -130,7 +147,11 @@ def resolve_model(spec: str, weights: str | Path | None = None) -> Resolved:
     if path.is_dir():
         return _hf_directory(path)
     factory = _import_attr(spec, "model")
-    model = factory()
+    try:
+        model = factory()
+    except Exception as err:  # the user's code: a factory that needs arguments, or fails building
+        raise ConfigError(f"model factory {spec!r} failed when called with no arguments ({type(err).__name__}: "
+                          f"{_first_line(err)}); point at a function that builds the model") from None
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model factory {spec!r} returned {type(model).__name__}, not an nn.Module")
     if weights:
@@ -138,7 +159,7 @@ def resolve_model(spec: str, weights: str | Path | None = None) -> Resolved:
         try:
             model.load_state_dict(state)
         except RuntimeError as err:
-            raise DataError(f"weights {weights} do not fit {spec}: {str(err).splitlines()[0]}") from None
+            raise DataError(f"weights {weights} do not fit {spec}: {_state_mismatch(err)}") from None
     return Resolved(model.eval(), factory, name=spec.rpartition(":")[2])
 
 
