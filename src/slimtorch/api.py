@@ -157,8 +157,6 @@ def compress(
     from slimtorch.pipeline import compress as run
     from slimtorch.recipe import as_recipe
 
-    outputs = run(model, as_recipe(recipe), data=data, example_inputs=example_inputs, eval_fn=eval_fn,
-                  out_dir=out_dir, resume=resume, seed=seed)
-    outputs.record.files = {k: str(v) for k, v in outputs.files.items()}
-    model.__dict__["slimtorch_record"] = outputs.record
+    model.__dict__["slimtorch_record"] = run(model, as_recipe(recipe), data=data, example_inputs=example_inputs,
+                                             eval_fn=eval_fn, out_dir=out_dir, resume=resume, seed=seed)
     return model

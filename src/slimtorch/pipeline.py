@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -154,20 +153,6 @@ def run_recipe(
     return record
 
 
-@dataclass(frozen=True)
-class Outputs:
-    """What :func:`compress` produced.
-
-    Attributes:
-        record: the run's record (metrics before, after and per stage).
-        files: name -> path of every file written (``safetensors``, ``onnx``, ``json``, ``md``, ``html`` and the
-            plots); empty without an output folder, and on ranks other than 0 under torchrun.
-    """
-
-    record: RunRecord
-    files: dict[str, Path]
-
-
 def compress(
     model: nn.Module,
     recipe: Recipe,
@@ -179,7 +164,7 @@ def compress(
     resume: bool = False,
     seed: int = 0,
     title: str | None = None,
-) -> Outputs:
+) -> RunRecord:
     """Run ``recipe`` on ``model`` in place (:func:`run_recipe`) and, with ``out_dir``, write into it what the
     recipe's ``export`` asks for (``model.safetensors`` with the recipe in its manifest; ``model.onnx``, whose
     static int8 layers chain uint8 outputs calibrated on ``data``) and the report (``report.json``, ``.md``,
@@ -191,22 +176,25 @@ def compress(
         title: the report's title; None: the recipe's name.
 
     Returns:
-        An :class:`Outputs` (the record and the files written).
+        The run's :class:`~slimtorch.record.RunRecord`; its ``files`` name every file written (``safetensors``,
+        ``onnx``, ``json``, ``md``, ``html`` and the plots), none without an output folder or on ranks other
+        than 0 under torchrun.
 
     Raises:
         DataError: a stage needs data and none was given (before any work).
         ConfigError: ``onnx`` is listed in ``export`` and the ONNX packages are missing (before any work).
         UnsupportedModelError: the model does not export to ONNX.
     """
-    check_data(recipe, data)
     if out_dir is not None and "onnx" in recipe.export:
         from slimtorch.onnx.export import require_onnx
 
         require_onnx()  # fail before any work if the export could not run at the end
+    if example_inputs is None and data is not None:
+        example_inputs = _first_batch(data)  # read once: the stages, the measurements and the export use it
     record = run_recipe(model, recipe, data=data, example_inputs=example_inputs, eval_fn=eval_fn, out_dir=out_dir,
                         resume=resume, seed=seed)
     if out_dir is None or not is_main():
-        return Outputs(record, {})
+        return record
     from slimtorch.io.save import save
     from slimtorch.report import write_report
 
@@ -217,12 +205,12 @@ def compress(
     if "onnx" in recipe.export:
         from slimtorch.onnx.export import export_onnx
 
-        example = example_inputs if example_inputs is not None else _first_batch(data)
-        one = example[:1] if isinstance(example, torch.Tensor) else example
+        one = example_inputs[:1] if isinstance(example_inputs, torch.Tensor) else example_inputs
         artifacts["onnx"] = str(export_onnx(model, one, out / "model.onnx", int8_outputs=data))
     files = write_report(record, out, title=title or f"slimtorch compress ({recipe.name or 'recipe'})",
                          artifacts=artifacts)
-    return Outputs(record, {**{k: Path(v) for k, v in artifacts.items()}, **files})
+    record.files = {**artifacts, **{k: str(v) for k, v in files.items()}}
+    return record
 
 
 def _first_batch(data: Any) -> Any:

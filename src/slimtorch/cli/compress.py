@@ -53,11 +53,11 @@ def compress_and_report(resolved: Any, recipe: Any, data: Any, out: Path, *, bat
     if resolved.data is not None and data is None:
         data = resolved.data
     check_data(recipe, data)
-    outputs = compress(resolved.model, recipe, data=data, example_inputs=_example(resolved, data, batch_size),
-                       eval_fn=getattr(data, "evaluate", None), out_dir=out, resume=resume, seed=seed, title=title)
-    if outputs.files:
-        print(_comparison(outputs.record))
-    return outputs.files
+    record = compress(resolved.model, recipe, data=data, example_inputs=_example(resolved, data, batch_size),
+                      eval_fn=getattr(data, "evaluate", None), out_dir=out, resume=resume, seed=seed, title=title)
+    if record.files:
+        print(_comparison(record))
+    return {name: Path(path) for name, path in record.files.items()}
 
 
 def _comparison(record: Any) -> str:
