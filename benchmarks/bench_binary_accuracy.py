@@ -1,7 +1,8 @@
 """Accuracy of binary-weight, ternary-weight and fully binary zoo models trained with the STE (QAT path).
 
-For each zoo model: the float model, then ``st.quantize(model, cfg, data=data)`` with ``finetune_epochs`` > 0
-(prepare -> fine-tune through the straight-through estimator with distillation from the float model -> pack),
+For each zoo model: the float model, then ``st.quantize(model, st.QuantAwareTraining(target=cfg, epochs=E),
+data=data)`` (prepare -> fine-tune through the straight-through estimator with distillation from the float model ->
+pack),
 first and last layers kept in float. Also post-training (no fine-tuning) for reference, the bytes of the
 binary layers against float32 and of the whole saved artifact.
 """
@@ -9,7 +10,6 @@ binary layers against float32 and of the whole saved artifact.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -28,12 +28,8 @@ from slimtorch.quant.binary.modules import BinaryConv2d, BinaryLinear  # noqa: E
 TARGETS = {"binary weights": 3.0, "ternary weights": 2.0, "fully binary": 8.0}  # allowed drop, points
 
 
-def _configs(epochs: int):
-    return {
-        "binary weights": st.Binarize(finetune_epochs=epochs),
-        "ternary weights": st.Ternarize(finetune_epochs=epochs),
-        "fully binary": st.Binarize(activations=True, finetune_epochs=epochs),
-    }
+FORMATS = {"binary weights": st.Binarize(), "ternary weights": st.Ternarize(),
+           "fully binary": st.Binarize(activations=True)}
 
 
 def _layer_bytes(model: nn.Module) -> tuple[int, int]:
@@ -54,10 +50,11 @@ def run(quick: bool) -> dict:
         base = data.evaluate(model)
         float_bytes = artifact_bytes(model)
         rows.append([name, "float32", "-", base * 100, 0.0, "-", "-", float_bytes, "-", "-"])
-        for label, cfg in _configs(epochs).items():
-            ptq = st.quantize(copy.deepcopy(model), dataclasses.replace(cfg, finetune_epochs=0), data=data)
+        for label, cfg in FORMATS.items():
+            ptq = st.quantize(copy.deepcopy(model), cfg, data=data)
             start = time.perf_counter()
-            qat = st.quantize(copy.deepcopy(model), cfg, data=data, seed=0)
+            stage = st.QuantAwareTraining(target=cfg, epochs=epochs)
+            qat = st.quantize(copy.deepcopy(model), stage, data=data, seed=0)
             seconds = time.perf_counter() - start
             acc, acc_ptq = data.evaluate(qat), data.evaluate(ptq)
             drop = (base - acc) * 100
@@ -70,10 +67,10 @@ def run(quick: bool) -> dict:
                 notes.append(f"{name} {label}: the drop is {drop:.2f} points, above the {TARGETS[label]:g}-point "
                              "target.")
     notes += [
-        "QAT = st.quantize(model, cfg, data=data) with finetune_epochs: the chosen layers train through the clipped "
-        "straight-through estimator with distillation from the float model (alpha 0.7, T 4, AdamW lr 1e-3), then are "
-        "packed. First and last layers stay in float (digits-mlp: only fc2 is binarized; digits-cnn: every conv but "
-        "the stem, the head stays float).",
+        "QAT = st.quantize(model, st.QuantAwareTraining(target=cfg, epochs=E), data=data): the chosen layers train "
+        "through the clipped straight-through estimator with distillation from the float model (alpha 0.7, T 4, "
+        "AdamW lr 1e-3), then are packed. First and last layers stay in float (digits-mlp: only fc2 is binarized; "
+        "digits-cnn: every conv but the stem, the head stays float).",
         "PTQ column: packed at once without training, then the BatchNorm statistics re-estimated on 8 calibration "
         "batches (st.quantize does this when given data). Without that refresh digits-cnn falls to chance (9.7%).",
         "Layer size ratio: float32 weights+bias of the binarized layers / bytes of their packed buffers (bits, "

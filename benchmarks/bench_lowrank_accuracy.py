@@ -73,7 +73,7 @@ def run(quick: bool) -> dict:
                     "ep) %", "fine-tuned - original (points)", "decompose s"],
         "rows": rows,
         "notes": notes,
-        "data": {"finetune_epochs": epochs},
+        "data": {"finetune": {"epochs": epochs}},
     }
 
 

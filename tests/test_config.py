@@ -1,5 +1,5 @@
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import pytest
 
@@ -18,6 +18,22 @@ class Toy(Config):
     def __post_init__(self):
         super().__post_init__()
         check_range("Toy", "ratio", self.ratio, 0, 1)
+
+
+@register("test", "renamed")
+@dataclass(frozen=True, kw_only=True)
+class Renamed(Config):
+    ratio: float = 0.5
+    removed: ClassVar[dict[str, str]] = {"amount": "use ratio= (a fraction 0-1)"}
+
+
+def test_constructor_and_from_dict_answer_unknown_and_removed_fields_with_config_errors():
+    for build in (lambda kw: Renamed(**kw), Renamed.from_dict):
+        with pytest.raises(ConfigError, match="Renamed: 'amount' was removed; use ratio= "):
+            build({"amount": 3})
+        with pytest.raises(ConfigError, match="unknown field 'rato' \\(did you mean 'ratio'\\?\\); fields are"):
+            build({"rato": 0.2})
+    assert Renamed(ratio=0.1).ratio == 0.1
 
 
 def test_round_trip_through_plain_values():

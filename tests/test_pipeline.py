@@ -27,6 +27,29 @@ def test_stages_run_in_order_and_are_measured():
     assert set(data) >= {"before", "after", "stages"}
 
 
+def test_every_stage_goes_through_its_handler_and_fine_tuning_gets_the_recipes_teacher(monkeypatch):
+    from slimtorch import handlers
+    from slimtorch.train.finetune import Finetune
+
+    teachers, applied = [], []
+    real = dict(handlers.HANDLERS)
+    for cls, fn in real.items():
+        monkeypatch.setitem(handlers.HANDLERS, cls, lambda m, c, _fn=fn, **k: applied.append(type(c).__name__)
+                            or _fn(m, c, **k))
+    ft = real[Finetune]
+    monkeypatch.setitem(handlers.HANDLERS, Finetune, lambda m, c, **k: applied.append("Finetune")
+                        or teachers.append(k["teacher"]) or ft(m, c, **k))
+    model, batches = _setup()
+    # iterative structured pruning with recovery in between: prune, fine-tune, prune again, fine-tune
+    stages = (st.StructuredPruning(ratio=0.25), st.Finetune(epochs=1), st.StructuredPruning(ratio=1 / 3),
+              st.Finetune(epochs=1))
+    run_recipe(model, Recipe(stages=stages), data=batches)
+    assert applied == ["StructuredPruning", "Finetune", "StructuredPruning", "Finetune"]
+    assert model[0].out_features == 16  # 32 -> 24 -> 16
+    assert [t[0].out_features for t in teachers] == [32, 32]  # both distill from the unpruned model
+    assert all(not p.requires_grad for p in teachers[0].parameters())
+
+
 def test_missing_data_fails_before_any_work():
     model, _ = _setup()
     before = [p.clone() for p in model.parameters()]

@@ -18,14 +18,14 @@ from slimtorch.onnx.export import export_onnx  # noqa: E402
 from slimtorch.onnx.check import AgreementReport, Tolerance, check_agreement  # noqa: E402
 from slimtorch.onnx import measure as _onnx_measure  # noqa: E402, F401  (registers measure(runtime="onnxruntime"))
 from slimtorch.measure import Comparison, Metrics, compare, measure  # noqa: E402
-from slimtorch.train.finetune import Finetune, finetune  # noqa: E402
+from slimtorch.train.finetune import Finetune  # noqa: E402
 from slimtorch.recipe import Recipe, load_recipe  # noqa: E402
 from slimtorch.lowrank import LowRank  # noqa: E402
 # each pruning method's module registers its handler; the configs themselves live in slimtorch.prune.config
 from slimtorch.prune.structured import StructuredPruning  # noqa: E402
 from slimtorch.prune.unstructured import UnstructuredPruning  # noqa: E402
 from slimtorch.prune.semistructured import NMPruning  # noqa: E402
-from slimtorch.prune.schedule import GradualPruning, IterativePruning  # noqa: E402
+from slimtorch.prune.config import GradualPruning, IterativePruning  # noqa: E402
 from slimtorch.prune.layers import LayerPruning  # noqa: E402
 from slimtorch.prune.masks import make_permanent  # noqa: E402
 from slimtorch.quant.binary import Binarize, Ternarize  # noqa: E402
@@ -33,9 +33,10 @@ from slimtorch.quant.ptq import DynamicQuant, StaticQuant, WeightOnlyQuant  # no
 from slimtorch.quant.qat import convert, prepare_qat  # noqa: E402
 from slimtorch.quant.config import QuantAwareTraining  # noqa: E402
 from slimtorch.train import qat as _qat_stage  # noqa: E402, F401  (registers the QuantAwareTraining handler)
+from slimtorch.train import prune_schedules as _schedules  # noqa: E402, F401  (registers the schedules' handlers)
 from slimtorch.search.sensitivity import quant_sensitivity  # noqa: E402
 
-from slimtorch.api import compress, decompose, prune, quantize  # noqa: E402  (keep last)
+from slimtorch.api import compress, decompose, finetune, prune, quantize  # noqa: E402  (keep last)
 
 __all__ = [
     "AgreementReport",

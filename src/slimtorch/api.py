@@ -11,11 +11,13 @@ import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import torch
 from torch import nn
 
 from slimtorch.config import Config
 from slimtorch.errors import ConfigError
 from slimtorch.handlers import apply
+from slimtorch.train.finetune import Finetune
 
 
 def prune(
@@ -90,7 +92,7 @@ def quantize(
         >>> model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4))
         >>> q = st.quantize(model, st.DynamicQuant(), overrides={"2": None})  # the head stays float
         >>> type(q[0]).__name__, type(q[2]).__name__
-        ('QuantLinear', 'Linear')
+        ('DynamicQuantLinear', 'Linear')
     """
     common = {"data": data, "example_inputs": example_inputs, "seed": seed}
     if not overrides:
@@ -109,6 +111,60 @@ def quantize(
         if cfg is not None:
             apply("quantize", model, cfg, select=[pattern], **common)
     return apply("quantize", model, rest, select=select, **common)
+
+
+def finetune(
+    model: nn.Module,
+    data: Any = None,
+    *,
+    config: Finetune | None = None,
+    teacher: nn.Module | None = None,
+    epochs: int | None = None,
+    eval_fn: Callable[[nn.Module], float] | None = None,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    on_step: Callable[[nn.Module], None] | None = None,
+    seed: int = 0,
+) -> nn.Module:
+    """Fine-tune ``model`` in place on labelled ``data`` (recovery after compression), distilling from ``teacher``
+    when one is given; pruning masks hold throughout. Returns the model, in eval mode.
+
+    The data comes second because it is the one thing fine-tuning cannot do without (the settings have defaults);
+    a ``Finetune`` config passed there, in the other verbs' place, is taken as ``config``.
+
+    Args:
+        model: the model to train (changed in place).
+        data: a loader of ``(inputs, labels)`` batches, a list of them or a zoo data object.
+        config: the :class:`~slimtorch.train.finetune.Finetune` settings (defaults when None).
+        teacher: a frozen reference model (usually the uncompressed original) for distillation.
+        epochs: overrides ``config.epochs``.
+        eval_fn: validation metric ``eval_fn(model) -> float`` (higher is better) after every epoch; early
+            stopping (``config.patience``) keeps the best epoch's weights.
+        loss_fn: the task loss on ``(logits, labels)``; cross-entropy by default.
+        on_step: called with the model after every optimizer step (a regularizer, a pruning schedule).
+        seed: seeds the shuffling and any dropout.
+
+    Returns:
+        The same model, trained; ``model._slim_history`` holds the per-epoch losses and metrics.
+
+    Raises:
+        DataError: no data, or unlabelled batches.
+        ConfigError: two configs, early stopping without a metric, feature matching without a teacher.
+
+    Example:
+        >>> import slimtorch as st, torch
+        >>> model = torch.nn.Linear(4, 2)
+        >>> st.finetune(model, data=[(torch.randn(8, 4), torch.randint(0, 2, (8,)))], epochs=1)
+        Linear(in_features=4, out_features=2, bias=True)
+    """
+    if isinstance(data, Config):  # finetune(model, Finetune(...), data=...), the shape of the other verbs
+        if config is not None:
+            raise ConfigError("finetune got two configs: pass one, as config= (the data goes in data=)")
+        config, data = data, None
+    cfg = config if config is not None else Finetune()
+    if epochs is not None:
+        cfg = dataclasses.replace(cfg, epochs=epochs)
+    return apply("finetune", model, cfg, data=data, teacher=teacher, eval_fn=eval_fn, loss_fn=loss_fn,
+                 on_step=on_step, seed=seed)
 
 
 def compress(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import types
 import typing
 from collections.abc import Iterable
@@ -23,15 +24,38 @@ REGISTRY: dict[str, dict[str, type[Config]]] = {}
 
 
 def register(stage: str, method: str):
-    """Class decorator: file a config class under ``stage`` and ``method`` for recipes and the CLI."""
+    """Class decorator: file a config class under ``stage`` and ``method`` for recipes and the CLI; its constructor
+    then answers an unknown or removed keyword with a ``ConfigError`` (see :func:`check_fields`) rather than
+    Python's ``TypeError``."""
 
     def wrap(cls: type[C]) -> type[C]:
         cls.stage = stage
         cls.method = method
         REGISTRY.setdefault(stage, {})[method] = cls
+        init = cls.__init__
+
+        @functools.wraps(init)
+        def checked_init(self, *args: Any, **kwargs: Any) -> None:
+            check_fields(type(self), kwargs)
+            init(self, *args, **kwargs)
+
+        cls.__init__ = checked_init
         return cls
 
     return wrap
+
+
+def check_fields(cls: type[Config], values: Iterable[str], where: str = "") -> None:
+    """Raise ConfigError for a key of ``values`` that is not a field of ``cls``: a removed field names what
+    replaced it (``cls.removed``), any other the closest field."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in values:
+        if key in names:
+            continue
+        if key in cls.removed:
+            raise ConfigError(f"{where or cls.__name__}: {key!r} was removed; {cls.removed[key]}")
+        raise ConfigError(f"{where or cls.__name__}: unknown field {key!r}{suggest(key, [*names, *cls.removed])}; "
+                          f"fields are {names}")
 
 
 def suggest(word: str, allowed: Iterable[str]) -> str:
@@ -80,6 +104,11 @@ class Config:
 
     stage: ClassVar[str] = ""
     method: ClassVar[str] = ""
+    #: fields that older versions had: name -> what to write instead (the error message's second half)
+    removed: ClassVar[dict[str, str]] = {}
+    #: the recipe runner passes its teacher (a frozen copy of the model as the recipe found it) to this
+    #: config's handler as ``teacher=``
+    takes_teacher: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -104,14 +133,9 @@ class Config:
         """
         if not isinstance(values, dict):
             raise ConfigError(f"{where or cls.__name__}: expected a mapping of fields, got {values!r}")
-        names = [f.name for f in dataclasses.fields(cls)]
-        if "method" not in names:
+        if "method" not in (f.name for f in dataclasses.fields(cls)):
             values = {k: v for k, v in values.items() if k != "method"}
-        for key in values:
-            if key not in names:
-                raise ConfigError(
-                    f"{where or cls.__name__}: unknown field {key!r}{suggest(key, names)}; fields are {names}"
-                )
+        check_fields(cls, values, where)
         hints = typing.get_type_hints(cls)
         coerced = {k: _from_plain(v, hints.get(k)) for k, v in values.items()}
         try:

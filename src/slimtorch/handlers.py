@@ -13,8 +13,9 @@ from typing import Any
 from torch import nn
 
 from slimtorch.config import REGISTRY, Config
+from slimtorch.data import iter_inputs
 from slimtorch.errors import ConfigError, UnsupportedModelError
-from slimtorch.preflight import check_finite, materialize
+from slimtorch.preflight import check_finite, lazy_modules, materialize
 
 Handler = Callable[..., nn.Module]
 
@@ -33,14 +34,16 @@ def handler(config_cls: type[Config]) -> Callable[[Handler], Handler]:
 
 
 def apply(stage: str, model: nn.Module, config: Config, **kwargs: Any) -> nn.Module:
-    """Apply ``config`` (a config of ``stage``: "prune", "decompose", "quantize") to ``model`` in place through its
-    registered handler, after the checks every verb makes (lazy modules materialised, weights finite).
+    """Apply ``config`` (a config of ``stage``: "prune", "decompose", "quantize", "finetune") to ``model`` in place
+    through its registered handler, after the checks every verb makes (lazy modules materialised on the example
+    inputs or the first batch of data, weights finite).
 
     Args:
         stage: the verb's name; ``config`` must belong to it.
         model: the model (changed in place).
         config: the config to apply.
-        **kwargs: ``data``, ``example_inputs``, ``select``, ``seed``, passed to the handler.
+        **kwargs: passed to the handler: ``data``, ``example_inputs``, ``select``, ``seed``, and what a stage's
+            handler takes beyond those (``teacher``, ``eval_fn``, ... for fine-tuning).
 
     Returns:
         The model (the handler's return value when it gives one).
@@ -58,7 +61,10 @@ def apply(stage: str, model: nn.Module, config: Config, **kwargs: Any) -> nn.Mod
     fn = HANDLERS.get(type(config))
     if fn is None:
         raise ConfigError(f"{type(config).__name__} has no handler registered; is its family installed?")
-    materialize(model, kwargs.get("example_inputs"))
+    example = kwargs.get("example_inputs")
+    if example is None and kwargs.get("data") is not None and lazy_modules(model):
+        example = next(iter_inputs(kwargs["data"], 1), None)  # the first batch gives lazy layers their shapes
+    materialize(model, example)
     check_finite(model)
     out = fn(model, config, **kwargs)
     return model if out is None else out

@@ -45,11 +45,8 @@ def check_data(recipe: Recipe, data: Any) -> None:
 
 def _apply_stage(model: nn.Module, cfg: Config, *, data: Any, example_inputs: Any, teacher: nn.Module | None,
                  seed: int) -> nn.Module:
-    from slimtorch.train.finetune import Finetune, finetune
-
-    if isinstance(cfg, Finetune):
-        return finetune(model, data, teacher=teacher, config=cfg, seed=seed)
-    return apply(cfg.stage, model, cfg, data=data, example_inputs=example_inputs, select=None, seed=seed)
+    extra = {"teacher": teacher} if cfg.takes_teacher else {}
+    return apply(cfg.stage, model, cfg, data=data, example_inputs=example_inputs, select=None, seed=seed, **extra)
 
 
 def _checkpoint_path(out_dir: Path, index: int) -> Path:

@@ -173,7 +173,8 @@ def _torch_ao(qat: bool) -> Peer:
 
 
 def _quantized_names(model: nn.Module) -> set[str]:
-    from slimtorch.quant.modules import QuantConv2d, QuantLinear
+    from slimtorch.quant.formats import QuantConv2d
+    from slimtorch.quant.modules import QuantLinear
 
     return {name for name, m in model.named_modules() if isinstance(m, QuantLinear | QuantConv2d)}
 
@@ -254,7 +255,8 @@ def quantized_layers(kind: str) -> Callable[[dict], None]:
 
     def check(ctx: dict) -> None:
         from slimtorch.quant.binary.modules import BinaryConv2d, BinaryLinear
-        from slimtorch.quant.modules import QuantConv2d, QuantLinear
+        from slimtorch.quant.formats import QuantConv2d
+        from slimtorch.quant.modules import QuantLinear
 
         types = (QuantLinear, QuantConv2d) if kind == "int" else (BinaryLinear, BinaryConv2d)
         layers = [m for m in ctx["model"].modules() if isinstance(m, types)]

@@ -109,8 +109,9 @@ def test_half_the_parameters_with_finetuning_stays_within_one_point(digits_cnn):
     model, data = digits_cnn
     base = data.evaluate(model)
     model = copy.deepcopy(model)
-    st.decompose(model, st.LowRank(target=2.0, target_scope="layers", allocation="uniform", finetune_epochs=2),
-                 data=data)
+    teacher = copy.deepcopy(model)
+    st.decompose(model, st.LowRank(target=2.0, target_scope="layers", allocation="uniform"), data=data)
+    st.finetune(model, data, teacher=teacher, epochs=2)
     assert sum(r["status"] == "decomposed" for r in last_summary(model).details["layers"]) >= 8
     assert data.evaluate(model) >= base - 0.01
 

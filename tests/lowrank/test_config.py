@@ -26,15 +26,14 @@ def test_requires_data_only_when_data_is_used():
     assert not st.LowRank(target=2.0, allocation="uniform").requires_data()
     assert st.LowRank(target=2.0).requires_data()
     assert st.LowRank(rank=8, data_aware=True).requires_data()
-    assert st.LowRank(rank=8, finetune_epochs=1).requires_data()
+    with pytest.raises(st.ConfigError, match=r"'finetune_lr' was removed; fine-tune the factors in a stage"):
+        st.LowRank(rank=8, finetune_lr=1e-3)
 
 
 def test_missing_data_and_unreachable_targets_are_reported():
     model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
     with pytest.raises(st.DataError, match="needs calibration data"):
         st.decompose(model, st.LowRank(rank=4, data_aware=True))
-    with pytest.raises(st.DataError, match="labelled training data"):
-        st.decompose(model, st.LowRank(rank=4, finetune_epochs=1))
     with pytest.raises(st.ConfigError, match="unreachable"):
         st.decompose(model, st.LowRank(target=50.0, allocation="uniform"))
     with pytest.raises(st.ConfigError, match="unreachable.*target_scope='layers'"):

@@ -37,7 +37,7 @@ def test_rows_give_the_parameters_sparsity_bits_and_rank_of_each_layer():
     rows = layer_table(net)
     assert [(r["name"], r["type"]) for r in rows] == [
         ("emb", "Embedding"), ("conv", "Conv1d"), ("low", "LowRankLinear"), ("low_head", "Linear"),
-        ("quant.0", "QuantLinear"), ("half", "Linear"),
+        ("quant.0", "WeightOnlyQuantLinear"), ("half", "Linear"),
     ]
     by_name = {r.pop("name"): r for r in rows}
     conv_params = 16 * 8 * 3 + 16
@@ -54,7 +54,7 @@ def test_rows_give_the_parameters_sparsity_bits_and_rank_of_each_layer():
     assert by_name["low_head"]["sparsity"] == pytest.approx(512 / 528)
     q = net.quant[0]
     nonzero = int(torch.count_nonzero(q.dequantized_weight())) + int(torch.count_nonzero(q.bias))
-    assert by_name["quant.0"] == {"type": "QuantLinear", "params": 16 * 32 + 32, "nonzero": nonzero,
+    assert by_name["quant.0"] == {"type": "WeightOnlyQuantLinear", "params": 16 * 32 + 32, "nonzero": nonzero,
                                   "sparsity": 1.0 - nonzero / 544, "bits": 4, "rank": None}
     assert by_name["half"]["bits"] == 16 and by_name["half"]["params"] == 32 * 4 + 4
 

@@ -19,7 +19,7 @@ from slimtorch.onnx.twins import (
 )
 from slimtorch.prune.sparse_linear import SparseLinear
 from slimtorch.quant.binary.modules import BinaryLinear
-from slimtorch.quant.modules import QuantConv2d
+from slimtorch.quant.formats import QuantConv2d
 from slimtorch.quant.ptq import quant_linear
 
 

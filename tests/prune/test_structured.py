@@ -105,20 +105,11 @@ def test_iterative_steps_reach_the_ratio():
     assert 0.44 <= count_flops(model, X) / before <= 0.5
 
 
-def test_iterative_steps_fine_tune_in_between(monkeypatch):
-    import slimtorch.train.finetune as ft
-
-    calls = []
-    real = ft.finetune
-    monkeypatch.setattr(ft, "finetune", lambda *a, **k: calls.append(k["teacher"]) or real(*a, **k))
-    model = DigitsMLP(hidden=64)
-    data = [(torch.randn(16, 64), torch.randint(0, 10, (16,))) for _ in range(2)]
-    st.prune(model, st.StructuredPruning(ratio=0.5, steps=2, finetune_epochs=1), example_inputs=torch.randn(1, 64),
-             data=data)
-    assert len(calls) == 2 and calls[0].fc1.out_features == 64  # the teacher is the unpruned model
-    assert model.fc1.out_features == 32 and model.fc2.out_features == 32
-    with pytest.raises(st.DataError, match="finetune_epochs"):
-        st.prune(DigitsMLP(hidden=64), st.StructuredPruning(finetune_epochs=1), example_inputs=torch.randn(1, 64))
+def test_fine_tuning_between_steps_is_a_recipe_stage_now():
+    with pytest.raises(st.ConfigError, match=r"'finetune_epochs' was removed; fine-tune in a stage of its own .*"
+                                             r"finetune: \{epochs: N\}"):
+        st.StructuredPruning(ratio=0.5, finetune_epochs=1)
+    assert not st.StructuredPruning(steps=3).requires_data()
 
 
 def test_slimming_regularizer_shrinks_bn_scales():

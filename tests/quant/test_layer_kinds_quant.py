@@ -10,7 +10,8 @@ from torch import nn
 import slimtorch as st
 from slimtorch.layer_kinds import pad_same
 from slimtorch.quant.binary.modules import BinaryConv2d, BinaryLinear
-from slimtorch.quant.modules import QuantConv2d, QuantLinear
+from slimtorch.quant.formats import QuantConv2d
+from slimtorch.quant.modules import QuantLinear
 from slimtorch.summary import last_summary
 
 

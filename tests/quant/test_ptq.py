@@ -10,7 +10,8 @@ import slimtorch as st
 from slimtorch.errors import ConfigError, DataError, UnsupportedModelError
 from slimtorch.graph.surgery import fold_conv_bn
 from slimtorch.quant import kernels
-from slimtorch.quant.modules import QuantConv2d, QuantLinear
+from slimtorch.quant.formats import QuantConv2d
+from slimtorch.quant.modules import QuantLinear
 from slimtorch.summary import last_summary
 
 

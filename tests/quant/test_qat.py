@@ -9,7 +9,8 @@ from torch import nn
 import slimtorch as st
 from slimtorch.errors import ConfigError
 from slimtorch.quant.fake import FakeQuantConv2d, FakeQuantLinear
-from slimtorch.quant.modules import QuantConv2d, QuantLinear
+from slimtorch.quant.formats import QuantConv2d
+from slimtorch.quant.modules import QuantLinear
 from slimtorch.quant.qat import QAT, register_qat
 
 

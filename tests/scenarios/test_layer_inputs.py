@@ -162,14 +162,14 @@ def _lowrank(method: str):
 
 
 LINEAR_CASES = [
-    Case("static", "linear", "QuantLinear",
+    Case("static", "linear", "StaticQuantLinear",
          _calibrated(lambda m, d: st.quantize(m, st.StaticQuant(calibration_batches=2), data=d), "linear"), 0.03),
-    Case("dynamic_token", "linear", "QuantLinear", _verb(lambda m: st.quantize(m, st.DynamicQuant())), 0.03),
-    Case("dynamic_tensor", "linear", "QuantLinear",
+    Case("dynamic_token", "linear", "DynamicQuantLinear", _verb(lambda m: st.quantize(m, st.DynamicQuant())), 0.03),
+    Case("dynamic_tensor", "linear", "DynamicQuantLinear",
          _verb(lambda m: st.quantize(m, st.DynamicQuant(activations="tensor"))), 0.03),
-    Case("int8_weight_only", "linear", "QuantLinear",
+    Case("int8_weight_only", "linear", "WeightOnlyQuantLinear",
          _verb(lambda m: st.quantize(m, st.WeightOnlyQuant(bits=8, group_size=None))), 0.03),
-    Case("int4_weight_only", "linear", "QuantLinear",
+    Case("int4_weight_only", "linear", "WeightOnlyQuantLinear",
          _verb(lambda m: st.quantize(m, st.WeightOnlyQuant(bits=4, group_size=32))), 0.2),
     Case("binary", "linear", "BinaryLinear",
          _verb(lambda m: st.quantize(m, st.Binarize(keep_first=False, keep_last=False))), 1e-4, _binary_weight),
@@ -387,6 +387,6 @@ def test_hugging_face_encoder_runs_int4_in_its_dtype(dtype: torch.dtype):
         want = model(ids).pooler_output
         st.quantize(model, st.WeightOnlyQuant(bits=4, group_size=32))
         got = model(ids).pooler_output
-    assert type(model.pooler.dense).__name__ == "QuantLinear"
+    assert type(model.pooler.dense).__name__ == "WeightOnlyQuantLinear"
     assert got.dtype == dtype and got.shape == want.shape
     assert float((got.float() - want.float()).abs().max()) < 0.1  # tanh outputs in [-1, 1]

@@ -28,7 +28,9 @@ MODULES: dict[str, type[nn.Module]] = {}
 
 def register_module(cls: type[nn.Module]) -> type[nn.Module]:
     """Class decorator for compressed modules: ``cls(**module.manifest_args())`` must rebuild an empty twin
-    (same buffers and parameters, same shapes and dtypes) that ``load_state_dict`` then fills."""
+    (same buffers and parameters, same shapes and dtypes) that ``load_state_dict`` then fills. A class may
+    define a classmethod ``from_manifest(**args)`` that :func:`build` calls instead of the constructor (to read
+    entries written by earlier versions, which described it differently)."""
     if not callable(getattr(cls, "manifest_args", None)):
         raise TypeError(f"{cls.__name__} must define manifest_args() -> dict of JSON constructor arguments")
     MODULES[cls.__name__] = cls
@@ -145,7 +147,7 @@ def build(entry: dict[str, Any], path: str) -> nn.Module:
     if isinstance(args.get("padding"), list):
         args["padding"] = tuple(args["padding"])
     try:
-        return cls(**args)
+        return getattr(cls, "from_manifest", cls)(**args)
     except Exception as err:  # noqa: BLE001 - arguments read from a file: any failure of the constructor is the file's
         raise ArtifactError(f"cannot rebuild module {path!r} ({name}) from the manifest: {err}") from None
 

@@ -157,11 +157,10 @@ def decompose_lowrank(
     Args:
         model: the model (changed in place; its train/eval mode is kept).
         config: the :class:`LowRank` settings.
-        data: calibration batches (and labelled training batches when ``finetune_epochs`` > 0): a loader, a
-            list of batches or zoo data (its ``calibration`` and ``train`` loaders are used).
+        data: calibration batches: a loader, a list of batches or zoo data (its ``calibration`` loader is used).
         example_inputs: inputs for one forward when there is no data (layer sizes for FLOPs).
         select: include patterns restricting the layers (see ``slimtorch.select``).
-        seed: seed of the fine-tuning's shuffling.
+        seed: unused (the factorization is deterministic); the signature every handler shares.
 
     Returns:
         The same model.
@@ -176,7 +175,7 @@ def decompose_lowrank(
         )
 
     Raises:
-        DataError: data-aware factors, sensitivity allocation or fine-tuning without calibration data.
+        DataError: data-aware factors or sensitivity allocation without calibration data.
         ConfigError: a target that cannot be met by the chosen layers.
     """
     layers, skipped = choose_layers(model, config, select)
@@ -187,13 +186,6 @@ def decompose_lowrank(
                         "data: pass data=<loader or zoo data> (or example_inputs)")
     if config.target_metric == "flops" and config.target is not None and not batches:
         raise DataError("LowRank(target_metric='flops') counts FLOPs on a real forward: pass example_inputs or data")
-    teacher = None
-    if config.finetune_epochs > 0:
-        from slimtorch.train.finetune import frozen_copy
-
-        if data is None:
-            raise DataError("LowRank.finetune_epochs > 0 needs labelled training data: pass data=")
-        teacher = frozen_copy(model)
     was_training = model.training
     model.eval()  # calibration forwards must not update BatchNorm statistics
     try:
@@ -221,10 +213,4 @@ def decompose_lowrank(
     record_summary(model, StepSummary(type(config).__name__,
                                       tuple(r["name"] for r in decisions if r["status"] == "decomposed"), skipped,
                                       details={"layers": decisions}))
-    if teacher is not None:
-        from slimtorch.train.finetune import Finetune, finetune
-
-        finetune(model, data, teacher=teacher, seed=seed,
-                 config=Finetune(epochs=config.finetune_epochs, lr=config.finetune_lr))
-        model.train(was_training)
     return model

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 from slimtorch.config import Config, check_range, register
 from slimtorch.errors import ConfigError
@@ -36,8 +36,6 @@ class LowRank(Config):
         calibration_batches: batches of data used for second moments and sensitivities.
         keep_head: leave the model's last Linear (the classifier) dense.
         exclude: patterns of layers to leave alone (see ``slimtorch.select``).
-        finetune_epochs: fine-tune the factors afterwards with distillation from the original (0: no).
-        finetune_lr: learning rate of that fine-tuning.
 
     Example:
         >>> import slimtorch as st
@@ -60,8 +58,11 @@ class LowRank(Config):
     calibration_batches: int = 8
     keep_head: bool = True
     exclude: tuple[str, ...] = ()
-    finetune_epochs: int = 0
-    finetune_lr: float = 1e-3
+
+    removed: ClassVar[dict[str, str]] = dict.fromkeys(
+        ("finetune_epochs", "finetune_lr"),
+        "fine-tune the factors in a stage of their own after the decompose stage (recipe: `- finetune: {epochs: N, "
+        "lr: ...}`; Python: st.finetune(model, data=..., teacher=..., epochs=N))")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -81,12 +82,9 @@ class LowRank(Config):
         if self.target is not None:
             check_range(name, "target", self.target, 1, lo_open=True)
         check_range(name, "calibration_batches", self.calibration_batches, 1, integer=True)
-        check_range(name, "finetune_epochs", self.finetune_epochs, 0, integer=True)
-        check_range(name, "finetune_lr", self.finetune_lr, 0, lo_open=True)
         if not all(isinstance(p, str) for p in self.exclude):
             raise ConfigError(f"{name}.exclude={self.exclude!r} must be a list of layer-name patterns")
 
     def requires_data(self) -> bool:
-        """Data is needed for data-aware factors, sensitivity allocation and fine-tuning."""
-        sensitivity = self.target is not None and self.allocation == "sensitivity"
-        return self.data_aware or sensitivity or self.finetune_epochs > 0
+        """Data is needed for data-aware factors and sensitivity allocation."""
+        return self.data_aware or (self.target is not None and self.allocation == "sensitivity")

@@ -128,7 +128,8 @@ class AgreementReport:
 def compression_kind(model: nn.Module) -> Kind:
     """The loosest kind of compression in ``model``: "int8" if any layer quantizes activations, else
     "weight_only" if any layer has integer weights, else "float"."""
-    from slimtorch.quant.modules import QuantConv2d, QuantLinear
+    from slimtorch.quant.formats import QuantConv2d
+    from slimtorch.quant.modules import QuantLinear
 
     kinds = {"float"}
     for m in model.modules():

@@ -23,8 +23,8 @@ from slimtorch.errors import DataError
 from slimtorch.layer_kinds import pad_same
 from slimtorch.prune.sparse_linear import SparseLinear
 from slimtorch.quant.binary.modules import BinaryConv2d, BinaryLinear
+from slimtorch.quant.formats import DynamicQuantLinear, QuantConv2d, StaticQuantLinear, WeightOnlyQuantLinear
 from slimtorch.quant.kernels import activation_bits
-from slimtorch.quant.modules import QuantConv2d, QuantLinear
 from slimtorch.quant.packing import pack_int4
 from slimtorch.quant.qparams import choose_qparams, int32_bias, whole_groups
 
@@ -34,7 +34,7 @@ NBITS_BLOCKS = (16, 32, 64, 128, 256, 512, 1024, 2048)
 ops = torch.ops.slimtorch_export
 
 
-def _static_buffers(twin: nn.Module, layer: QuantLinear | QuantConv2d,
+def _static_buffers(twin: nn.Module, layer: StaticQuantLinear | QuantConv2d,
                     output_qparams: tuple[torch.Tensor, torch.Tensor] | None) -> None:
     """int8 weight with int8 zero points, uint8 input zero point, bias as int32 on the scale x_scale * w_scale
     (the form ONNX Runtime's QDQ fusion expects; the bias rounding error is below half of that scale)."""
@@ -60,7 +60,8 @@ def _static_buffers(twin: nn.Module, layer: QuantLinear | QuantConv2d,
 class QDQLinear(nn.Module):
     """Static int8 Linear as QuantizeLinear/DequantizeLinear + Gemm."""
 
-    def __init__(self, layer: QuantLinear, output_qparams: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+    def __init__(self, layer: StaticQuantLinear,
+                 output_qparams: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         super().__init__()
         self.in_features, self.out_features, self.relu = layer.in_features, layer.out_features, layer.relu
         _static_buffers(self, layer, output_qparams)
@@ -97,7 +98,7 @@ class DynamicLinear(nn.Module):
     """Dynamic int8 Linear as an in-graph activation quantization + MatMulInteger (per tensor: as many
     activation levels as the layer uses on the exporting CPU, see quant/kernels.py)."""
 
-    def __init__(self, layer: QuantLinear) -> None:
+    def __init__(self, layer: DynamicQuantLinear) -> None:
         super().__init__()
         self.in_features, self.out_features, self.per_token = layer.in_features, layer.out_features, layer.per_token
         self.act_qmax = 2 ** activation_bits() - 1
@@ -116,7 +117,7 @@ class NBitsLinear(nn.Module):
     """4-bit weight-only Linear as ONNX Runtime's MatMulNBits (the packed bytes are reused as they are where the
     block size divides the input width; MatMulNBits takes a short last block as a full one holding zeros)."""
 
-    def __init__(self, layer: QuantLinear) -> None:
+    def __init__(self, layer: WeightOnlyQuantLinear) -> None:
         super().__init__()
         self.in_features, self.out_features, self.block = layer.in_features, layer.out_features, layer.group_size
         short = self.in_features % self.block  # a short last block is filled with zero codes
@@ -133,7 +134,7 @@ class NBitsLinear(nn.Module):
 class DequantLinear(nn.Module):
     """Any other integer-weight Linear: int8 codes dequantized in the graph, float Gemm."""
 
-    def __init__(self, layer: QuantLinear) -> None:
+    def __init__(self, layer: WeightOnlyQuantLinear) -> None:
         super().__init__()
         self.in_features, self.out_features, self.group_size = layer.in_features, layer.out_features, layer.group_size
         # whole groups: a short last one is filled with zero codes
@@ -194,11 +195,11 @@ def twin_for(module: nn.Module, output_qparams: tuple[torch.Tensor, torch.Tensor
     """
     if isinstance(module, QuantConv2d):
         return QDQConv2d(module, output_qparams)
-    if isinstance(module, QuantLinear):
-        if module.mode == "static":
-            return QDQLinear(module, output_qparams)
-        if module.mode == "dynamic":
-            return DynamicLinear(module)
+    if isinstance(module, StaticQuantLinear):
+        return QDQLinear(module, output_qparams)
+    if isinstance(module, DynamicQuantLinear):
+        return DynamicLinear(module)
+    if isinstance(module, WeightOnlyQuantLinear):
         if module.bits == 4 and module.group_size in NBITS_BLOCKS:
             return NBitsLinear(module)
         return DequantLinear(module)
@@ -215,7 +216,7 @@ def calibrate_outputs(model: nn.Module, data: Any, num_batches: int = 8) -> dict
     Raises:
         DataError: ``data`` yields no batch.
     """
-    names = [n for n, m in model.named_modules() if isinstance(m, QuantConv2d | QuantLinear) and m.mode == "static"]
+    names = [n for n, m in model.named_modules() if isinstance(m, QuantConv2d | StaticQuantLinear)]
     if not names:
         return {}
     lo: dict[str, torch.Tensor] = {}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 from slimtorch.config import Config, check_range, register
 from slimtorch.errors import ConfigError
@@ -123,8 +123,8 @@ class StructuredPruning(Config):
         round_to: kept channel counts are rounded to a multiple of this (8 suits SIMD kernels).
         max_layer_ratio: no group loses more than this fraction of its channels.
         ignore: layers (names, globs, "re:" regexes or type names) whose output channels are never removed.
-        steps: prune in this many equal steps (iterative pruning).
-        finetune_epochs: epochs of ``st.finetune`` (distilling from the unpruned model) after each step; needs data.
+        steps: prune in this many equal steps, BatchNorm statistics re-estimated after each (fine-tuning between
+            steps: a recipe of prune and finetune stages, see docs/structured-pruning.md).
         calibration_batches: batches of data used for Taylor importance and BatchNorm recalibration.
         recalibrate_bn: when data is given, re-estimate BatchNorm running statistics on it after each step
             (removing a layer's input channels shifts the statistics its BatchNorm saw).
@@ -144,9 +144,12 @@ class StructuredPruning(Config):
     max_layer_ratio: float = 0.9
     ignore: tuple[str, ...] = ()
     steps: int = 1
-    finetune_epochs: int = 0
     calibration_batches: int = 8
     recalibrate_bn: bool = True
+
+    removed: ClassVar[dict[str, str]] = {
+        "finetune_epochs": "fine-tune in a stage of its own after the prune stage (recipe: `- finetune: {epochs: N}`; "
+                           "Python: st.finetune(model, data=..., teacher=..., epochs=N))"}
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -155,14 +158,13 @@ class StructuredPruning(Config):
         check_range(name, "round_to", self.round_to, 1, integer=True)
         check_range(name, "max_layer_ratio", self.max_layer_ratio, 0, 1, hi_open=True)
         check_range(name, "steps", self.steps, 1, integer=True)
-        check_range(name, "finetune_epochs", self.finetune_epochs, 0, integer=True)
         check_range(name, "calibration_batches", self.calibration_batches, 1, integer=True)
         if any(not isinstance(p, str) for p in self.ignore):
             raise ConfigError(f"{name}.ignore={self.ignore!r} must be a list of layer-name patterns")
 
     def requires_data(self) -> bool:
-        """Taylor importance and fine-tuning between steps need data."""
-        return self.importance == "taylor" or self.finetune_epochs > 0
+        """Taylor importance needs data."""
+        return self.importance == "taylor"
 
 
 @register("prune", "layers")

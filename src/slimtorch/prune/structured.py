@@ -179,21 +179,18 @@ def _output_shapes(model: nn.Module, example_inputs: Any) -> list[tuple[int, ...
 def apply_structured(model: nn.Module, config: StructuredPruning, *, data: Any = None, example_inputs: Any = None,
                      select: Any = None, seed: int = 0) -> nn.Module:
     """Handler of ``st.prune(model, StructuredPruning(...))``: prune in place (width attributes and config fields
-    follow, :mod:`slimtorch.graph.widths`), verify output shapes, and fine-tune between steps when asked. A
+    follow, :mod:`slimtorch.graph.widths`) in ``config.steps`` steps, and verify output shapes after each. A
     warning names the parameters a Hugging Face ``model.config`` would now build with other shapes.
 
     Raises:
-        DataError: no example_inputs and no data to take them from; Taylor importance or fine-tuning without data.
+        DataError: no example_inputs and no data to take them from; Taylor importance without data.
         UnsupportedModelError: nothing can be pruned, or the pruned model no longer runs (the model is restored).
     """
     if example_inputs is None:
         if data is None:
             raise DataError("structured pruning traces the model: pass example_inputs=<one batch> (or data=)")
         example_inputs = next(iter_inputs(data, 1))
-    if config.finetune_epochs and data is None:
-        raise DataError("StructuredPruning.finetune_epochs > 0 needs data=<a training loader or zoo data>")
     backup = copy.deepcopy(model)
-    teacher = copy.deepcopy(model) if config.finetune_epochs else None
     shapes = _output_shapes(model, example_inputs)
     convert_attention(model)
     base = _measure(model, config.target, example_inputs) if config.target != "channels" else 0.0
@@ -213,10 +210,6 @@ def apply_structured(model: nn.Module, config: StructuredPruning, *, data: Any =
                 recalibrate_batchnorm(model, data, config.calibration_batches)
             logger.info("structured pruning step %d/%d: %d groups, %d -> %d channels", step, config.steps,
                         summary["groups"], summary["channels_before"], summary["channels_after"])
-            if config.finetune_epochs:
-                from slimtorch.train.finetune import Finetune, finetune
-
-                finetune(model, data, teacher=teacher, config=Finetune(epochs=config.finetune_epochs), seed=seed)
     except (RuntimeError, ValueError, IndexError) as err:
         model.__dict__.clear()
         model.__dict__.update(backup.__dict__)

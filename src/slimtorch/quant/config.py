@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
-from slimtorch.config import Config, check_range, register
+from slimtorch.config import REGISTRY, Config, check_range, register, suggest
 from slimtorch.errors import ConfigError
 
 Observer = Literal["minmax", "moving_average", "percentile", "mse", "entropy"]
@@ -112,6 +113,10 @@ class WeightOnlyQuant(Config):
         _check_patterns(name, "exclude", self.exclude)
 
 
+#: the formats quantization-aware training can train for: their method names
+QAT_TARGETS = ("static", "dynamic", "weight_only", "binary", "ternary")
+
+
 @register("quantize", "qat")
 @dataclass(frozen=True, kw_only=True)
 class QuantAwareTraining(Config):
@@ -120,37 +125,55 @@ class QuantAwareTraining(Config):
     then become that format's integer layers -- ``st.prepare_qat``, ``st.finetune`` and ``st.convert`` in one.
 
     Attributes:
-        target: the format trained for: "static" (int8 weights and activations, ``StaticQuant``), "dynamic"
-            (``DynamicQuant``), "weight_only" (``WeightOnlyQuant`` with ``bits`` and ``group_size``), "binary"
-            (``Binarize``) or "ternary" (``Ternarize``).
-        bits, group_size: the weight-only format (ignored by the others).
+        target: the format trained for, by name with its defaults -- "static" (int8 weights and activations,
+            ``StaticQuant``), "dynamic" (``DynamicQuant``), "weight_only" (``WeightOnlyQuant`` with ``bits`` and
+            ``group_size``), "binary" (``Binarize``), "ternary" (``Ternarize``) -- or as that format's config,
+            e.g. ``Binarize(activations=True)`` (in YAML a mapping: ``target: {method: binary, activations: true}``).
+        bits, group_size: the weight-only format when ``target`` is the name "weight_only" (a config target
+            carries its own).
         epochs: training epochs.
-        lr: learning rate (smaller than a float fine-tune's: the weights start trained).
+        lr: learning rate; None: 1e-3 for binary and ternary targets (their weights start far from float), 1e-4
+            for the others (the weights start trained and near their grid).
         distill: distill from the model as it was before the stage.
         max_batches: stop each epoch after this many batches (None: the whole loader).
         include: only these layers (static, dynamic, weight-only; None: every layer the format takes).
-        exclude: layers kept in float.
+        exclude: layers kept in float (added to a config target's own).
+
+    Example:
+        >>> import slimtorch as st
+        >>> st.QuantAwareTraining(target=st.Ternarize(threshold=0.5), epochs=2).format_config()
+        Ternarize(keep_first=True, keep_last=True, exclude=(), calibration_batches=8, threshold=0.5)
     """
 
-    target: Literal["static", "dynamic", "weight_only", "binary", "ternary"] = "static"
+    target: Literal["static", "dynamic", "weight_only", "binary", "ternary"] | Config = "static"
     bits: Literal[4, 8] = 8
     group_size: int | None = None
     epochs: int = 1
-    lr: float = 1e-4
+    lr: float | None = None
     distill: bool = True
     max_batches: int | None = None
     include: tuple[str, ...] | None = None
     exclude: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        super().__post_init__()
         name = type(self).__name__
+        if isinstance(self.target, dict):  # a recipe's mapping: the format's own config
+            object.__setattr__(self, "target", _format_from_dict(self.target, f"{name}.target"))
+        super().__post_init__()
+        if isinstance(self.target, Config):
+            if self.target.method not in QAT_TARGETS:
+                raise ConfigError(f"{name}.target={type(self.target).__name__}(...) cannot be trained for; use one "
+                                  f"of the formats {list(QAT_TARGETS)} (by name or as their config)")
+            if (self.bits, self.group_size) != (8, None):
+                raise ConfigError(f"{name}.bits/group_size apply to target='weight_only' by name; set them on the "
+                                  f"target config, {type(self.target).__name__}(bits=..., group_size=...)")
         check_range(name, "epochs", self.epochs, 1, integer=True)
-        check_range(name, "lr", self.lr, 0, lo_open=True)
+        if self.lr is not None:
+            check_range(name, "lr", self.lr, 0, lo_open=True)
         if self.max_batches is not None:
             check_range(name, "max_batches", self.max_batches, 1, integer=True)
-        if self.include is not None and self.target in ("binary", "ternary"):
-            raise ConfigError(f"{name}.include is not allowed with target={self.target!r}; use exclude")
+        if self.include is not None and self._method() in ("binary", "ternary"):
+            raise ConfigError(f"{name}.include is not allowed with a {self._method()} target; use exclude")
         _check_patterns(name, "include", self.include)
         _check_patterns(name, "exclude", self.exclude)
         self.format_config()  # the target's own checks (e.g. bits=4 needs a group size)
@@ -159,13 +182,39 @@ class QuantAwareTraining(Config):
         """Training needs a labelled loader."""
         return True
 
+    def _method(self) -> str:
+        return self.target.method if isinstance(self.target, Config) else self.target
+
+    def learning_rate(self) -> float:
+        """``lr``, or the target's default when it is None (see the class docstring)."""
+        if self.lr is not None:
+            return self.lr
+        return 1e-3 if self._method() in ("binary", "ternary") else 1e-4
+
     def format_config(self) -> Config:
         """The config of the format trained for, with this stage's layer choice."""
         from slimtorch.quant.binary.config import Binarize, Ternarize
 
+        if isinstance(self.target, Config):
+            changes: dict = {"exclude": tuple(self.target.exclude) + tuple(self.exclude)}
+            if self.include is not None:
+                changes["include"] = self.include
+            return dataclasses.replace(self.target, **changes)
         if self.target in ("binary", "ternary"):
             return (Binarize if self.target == "binary" else Ternarize)(exclude=self.exclude)
         if self.target == "weight_only":
             return WeightOnlyQuant(bits=self.bits, group_size=self.group_size, include=self.include,
                                    exclude=self.exclude)
         return (StaticQuant if self.target == "static" else DynamicQuant)(include=self.include, exclude=self.exclude)
+
+
+def _format_from_dict(values: dict, where: str) -> Config:
+    """The quantization config a recipe's ``target: {method: ..., ...}`` mapping names."""
+    import slimtorch.quant.binary.config  # noqa: F401  (files Binarize and Ternarize in the registry)
+
+    method = values.get("method")
+    formats = REGISTRY.get("quantize", {})
+    if method not in QAT_TARGETS or method not in formats:
+        raise ConfigError(f"{where}: method={method!r} is not a format QAT trains for; choose one of "
+                          f"{list(QAT_TARGETS)}{suggest(method, QAT_TARGETS)}")
+    return formats[method].from_dict(values, where=where)

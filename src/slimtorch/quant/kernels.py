@@ -7,8 +7,9 @@
   (int8 x int8 -> int32, exact) or oneDNN (the int8 rows shifted to uint8 with zero point 128 and scale 1, the
   row scales applied to the float output: the same numbers); the faster one per shape is kept.
   Per tensor (:func:`quantize_tensor`): one asymmetric uint8 scale per call, then oneDNN (:func:`qlinear_u8`).
-- weight-only (in ``QuantLinear``): ``aten._weight_int8pack_mm`` (int8) and ``aten._weight_int4pack_mm_for_cpu``
-  (int4) raced by :func:`fastest` against dequantize-then-matmul; the faster one per shape is kept.
+- weight-only (in ``WeightOnlyQuantLinear``): ``aten._weight_int8pack_mm`` (int8) and
+  ``aten._weight_int4pack_mm_for_cpu`` (int4) raced by :func:`fastest` against dequantize-then-matmul; the faster
+  one per shape is kept.
 
 Pre-packed weights are caches built on first use; the modules' state stays plain tensors.
 

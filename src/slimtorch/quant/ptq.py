@@ -22,7 +22,8 @@ from slimtorch.handlers import handler
 from slimtorch.layer_kinds import as_plain
 from slimtorch.quant import kernels
 from slimtorch.quant.config import DynamicQuant, StaticQuant, WeightOnlyQuant
-from slimtorch.quant.modules import QuantConv2d, QuantLinear
+from slimtorch.quant.formats import QuantConv2d, linear_class
+from slimtorch.quant.modules import QuantLinear
 from slimtorch.quant.observers import make_observer
 from slimtorch.quant.packing import pack_int4
 from slimtorch.quant.qparams import choose_qparams, minmax, quantize
@@ -98,11 +99,13 @@ def _bias(m: nn.Module) -> torch.Tensor | None:
 
 
 def quant_linear(linear: nn.Linear, *, mode: str, bits: int = 8, group_size: int | None = None,
-                 relu: bool = False, per_token: bool = True) -> QuantLinear:
-    """Build the :class:`QuantLinear` twin of a float ``nn.Linear`` (input ranges of static layers still unset)."""
+                 **options: Any) -> QuantLinear:
+    """Build the quantized twin of a float ``nn.Linear`` in the format ``mode`` names (the class from
+    ``quant.formats.FORMATS``; input ranges of static layers still unset). ``options`` are that class's own
+    arguments: ``relu`` (static), ``per_token`` (dynamic)."""
     q, scale, zero = quantize_weight(linear.weight, bits, group_size)
-    out = QuantLinear(linear.in_features, linear.out_features, linear.bias is not None, mode=mode, bits=bits,
-                      group_size=group_size or 0, relu=relu, per_token=per_token)
+    out = linear_class(mode)(linear.in_features, linear.out_features, linear.bias is not None, bits=bits,
+                             group_size=group_size or 0, **options)
     out.qweight = pack_int4(q, signed=True) if out.qweight.dtype == torch.uint8 else q
     out.weight_scale, out.weight_zero_point = scale, zero
     if linear.bias is not None:

@@ -26,7 +26,7 @@ from slimtorch.layer_kinds import as_plain
 from slimtorch.quant import kernels
 from slimtorch.quant.config import DynamicQuant, StaticQuant, WeightOnlyQuant
 from slimtorch.quant.fake import FakeQuantConv2d, FakeQuantLinear
-from slimtorch.quant.modules import QuantConv2d, QuantLinear
+from slimtorch.quant.formats import FORMATS, QuantConv2d
 from slimtorch.quant.packing import pack_int4
 from slimtorch.quant.ptq import chosen_layers, fuse_relus, static_layers
 from slimtorch.quant.qparams import choose_qparams, quantize
@@ -146,8 +146,9 @@ def _integer(fq: nn.Module) -> nn.Module:
         out = QuantConv2d(fq.in_channels, fq.out_channels, list(fq.kernel_size), list(fq.stride), list(fq.padding),
                           list(fq.dilation), fq.groups, fq.bias is not None, bits=fq.bits, relu=relu)
     else:
-        out = QuantLinear(fq.in_features, fq.out_features, fq.bias is not None, mode=fq.mode, bits=fq.bits,
-                          group_size=group or 0, relu=relu)
+        fused = {"relu": True} if relu else {}  # only static layers fuse a ReLU (and take the argument)
+        out = FORMATS[fq.mode](fq.in_features, fq.out_features, fq.bias is not None, bits=fq.bits,
+                               group_size=group or 0, **fused)
     out.qweight = pack_int4(q) if out.qweight.dtype == torch.uint8 else q
     out.weight_scale, out.weight_zero_point = scale, zero
     if fq.bias is not None:

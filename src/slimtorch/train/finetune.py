@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +23,7 @@ from slimtorch._log import logger, progress
 from slimtorch.config import Config, check_range, register
 from slimtorch.data import as_loader, call, first_tensor, split_batch
 from slimtorch.errors import ConfigError, DataError
+from slimtorch.handlers import handler
 from slimtorch.preflight import check_finite, lazy_modules, materialize
 from slimtorch.prune.masks import apply_masks, restore_masks, sparse_layers
 from slimtorch.train import distributed as ddp
@@ -51,6 +52,8 @@ class Finetune(Config):
         patience: stop after this many epochs without a better validation metric and restore the best
             weights (None: no early stopping); needs ``eval_fn`` or a data object with ``evaluate``.
     """
+
+    takes_teacher: ClassVar[bool] = True
 
     epochs: int = 1
     lr: float = 1e-3
@@ -157,52 +160,63 @@ class _Loss:
                 tap.close()
 
 
+@handler(Finetune)
 def finetune(
     model: nn.Module,
-    data: Any,
-    *,
-    teacher: nn.Module | None = None,
-    epochs: int | None = None,
     config: Finetune | None = None,
+    *,
+    data: Any,
+    teacher: nn.Module | None = None,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     on_step: Callable[[nn.Module], None] | None = None,
     eval_fn: Callable[[nn.Module], float] | None = None,
+    example_inputs: Any = None,
+    select: Any = None,
     seed: int = 0,
 ) -> nn.Module:
-    """Train ``model`` in place on ``data``; with a ``teacher``, mix distillation into the loss.
+    """Train ``model`` in place on ``data``; with a ``teacher``, mix distillation into the loss. The handler of
+    :class:`Finetune` (``st.finetune`` and the recipe stage ``finetune``, whose teacher is the model as the recipe
+    found it).
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) the same call trains with DistributedDataParallel; every rank
     returns the same trained model, and only rank 0 logs.
 
     Args:
         model: the model to train (changed in place); pruning masks on it are kept.
+        config: the :class:`Finetune` settings; defaults when None.
         data: a loader of ``(inputs, labels)`` batches or a zoo data object (its ``train`` loader is used).
         teacher: a frozen reference model (usually the uncompressed original) for distillation.
-        epochs: overrides ``config.epochs``.
-        config: the :class:`Finetune` settings; defaults when None.
         loss_fn: the task loss on ``(logits, labels)``; cross-entropy by default.
         on_step: called with the model after every optimizer step (pruning schedules). If it has a
             ``finished`` attribute, early stopping only keeps weights from epochs where it is True.
         eval_fn: validation metric ``eval_fn(model) -> float``, higher is better, evaluated after every epoch;
             ``data.evaluate`` is used when ``config.patience`` is set and no ``eval_fn`` is given.
+        example_inputs: unused (the training batches give lazy layers their shapes); the handlers' signature.
+        select: must be None: fine-tuning trains every trainable parameter.
         seed: seeds the shuffling and any dropout.
 
     Returns:
         The same model, trained, in eval mode; ``model._slim_history`` holds the :class:`History`.
 
     Raises:
-        ConfigError: early stopping without a metric, or feature matching without a teacher.
-        DataError: unlabelled batches, no trainable parameters, or a NaN/Inf weight (named).
+        ConfigError: early stopping without a metric, feature matching without a teacher, or a ``select``.
+        DataError: no data, unlabelled batches, no trainable parameters, or a NaN/Inf weight (named).
 
     Example:
         >>> import slimtorch as st, torch
         >>> model = torch.nn.Linear(4, 2)
         >>> batches = [(torch.randn(8, 4), torch.randint(0, 2, (8,)))]
-        >>> st.finetune(model, batches, epochs=1)
+        >>> st.finetune(model, data=batches, epochs=1)
         Linear(in_features=4, out_features=2, bias=True)
     """
+    if select is not None:
+        raise ConfigError("fine-tuning trains every trainable parameter: select= is not supported (freeze layers "
+                          "with requires_grad_(False) instead)")
+    if data is None:
+        raise DataError("fine-tuning trains: pass data=<a labelled DataLoader, a list of (inputs, labels) batches or "
+                        "a zoo data object>")
     cfg = config or Finetune()
-    n_epochs = cfg.epochs if epochs is None else epochs
+    n_epochs = cfg.epochs
     loader = as_loader(data, "train")
     check_finite(model)
     if lazy_modules(model):  # the first training batch gives lazy layers their shapes before the optimizer sees them

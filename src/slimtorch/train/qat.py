@@ -34,7 +34,6 @@ def quantize_aware(model: nn.Module, config: QuantAwareTraining, *, data: Any = 
     teacher = frozen_copy(model) if config.distill else None
     prepare_qat(model, config.format_config(), data=data, select=select)
     logger.info("quantization-aware training for %s: %d epoch(s)", config.target, config.epochs)
-    finetune(model, data, teacher=teacher, seed=seed,
-             config=Finetune(epochs=config.epochs, lr=config.lr, distill=config.distill,
-                             max_batches=config.max_batches))
+    finetune(model, Finetune(epochs=config.epochs, lr=config.learning_rate(), distill=config.distill,
+                             max_batches=config.max_batches), data=data, teacher=teacher, seed=seed)
     return convert(model)

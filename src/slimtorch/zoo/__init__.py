@@ -87,7 +87,7 @@ def train(name: str, seed: int = 0) -> tuple[nn.Module, ZooData]:
     torch.manual_seed(seed)
     model = entry.build()
     zoo_data = entry.data()
-    finetune(model, zoo_data, config=Finetune(epochs=entry.epochs, lr=entry.lr, weight_decay=1e-4), seed=seed)
+    finetune(model, Finetune(epochs=entry.epochs, lr=entry.lr, weight_decay=1e-4), data=zoo_data, seed=seed)
     return model.eval(), zoo_data
 
 

@@ -29,11 +29,11 @@ def test_configs_are_registered_and_validated():
     assert st.Binarize.from_dict({"method": "binary", "activations": True}).activations
     with pytest.raises(st.ConfigError, match="threshold"):
         st.Ternarize(threshold=0)
-    with pytest.raises(st.ConfigError, match="finetune_epochs"):
-        st.Binarize(finetune_epochs=-1)
+    with pytest.raises(st.ConfigError, match=r"'finetune_epochs' was removed; train .*QuantAwareTraining"):
+        st.Binarize(finetune_epochs=1)
     with pytest.raises(st.ConfigError, match="activations"):
         st.Binarize(activations="yes")
-    assert st.Binarize(finetune_epochs=1).requires_data() and not st.Ternarize().requires_data()
+    assert not st.Binarize().requires_data() and not st.Ternarize().requires_data()
 
 
 def test_first_last_and_unsupported_layers_stay_float():
@@ -81,8 +81,8 @@ def test_prepare_then_train_then_convert_with_finetune():
 def test_errors_name_the_way_out():
     with pytest.raises(st.ConfigError, match="keep_first"):
         st.quantize(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2)), st.Binarize())
-    with pytest.raises(st.DataError, match="labelled data"):
-        st.quantize(_mlp(), st.Binarize(finetune_epochs=1))
+    with pytest.raises(st.DataError, match="labelled training loader"):
+        st.quantize(_mlp(), st.QuantAwareTraining(target=st.Binarize()))
 
 
 @pytest.mark.parametrize("config", [st.Binarize(), st.Ternarize(), st.Binarize(activations=True)],
@@ -131,8 +131,8 @@ def test_recipe_stages_run_through_compress(tmp_path):
 def test_qat_on_the_zoo_mlp_meets_the_accuracy_targets(digits_mlp):
     model, data = digits_mlp
     base = data.evaluate(model)
-    for config, allowed in [(st.Ternarize(finetune_epochs=1), 0.02), (st.Binarize(activations=True, finetune_epochs=1),
-                                                                      0.08)]:
+    for target, allowed in [(st.Ternarize(), 0.02), (st.Binarize(activations=True), 0.08)]:
+        config = st.QuantAwareTraining(target=target, epochs=1)
         student = st.quantize(copy.deepcopy(model), config, data=data)
         assert isinstance(student.fc2, BinaryLinear) and type(student.fc1) is nn.Linear  # first/last stay float
         assert base - data.evaluate(student) <= allowed, config

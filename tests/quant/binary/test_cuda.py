@@ -38,6 +38,6 @@ def test_cuda_model_stays_on_cuda_and_matches_the_cpu_result(config):
 
 def test_cuda_training_layers_train_and_pack():
     model = _net().cuda()
-    st.quantize(model, st.Binarize(activations=True, finetune_epochs=1),
+    st.quantize(model, st.QuantAwareTraining(target=st.Binarize(activations=True)),
                 data=[(torch.randn(8, 3, 6, 6, device="cuda"), torch.randint(0, 10, (8,), device="cuda"))])
     assert type(model[2]).__name__ == "BinaryConv2d" and model[2].signs.is_cuda

@@ -1,8 +1,8 @@
 """Binarization and ternarization: the ``Binarize`` and ``Ternarize`` configs, prepare/convert and the handler.
 
-- ``slimtorch.quantize(model, Binarize())`` packs the chosen layers at once (post-training), or with
-  ``finetune_epochs > 0`` trains them first through the straight-through estimator, distilling from the float
-  model, then packs them.
+- ``slimtorch.quantize(model, Binarize())`` packs the chosen layers at once (post-training);
+  ``QuantAwareTraining(target=Binarize(...))`` (``slimtorch.train.qat``) trains them first through the
+  straight-through estimator, distilling from the float model, then packs them.
 - :func:`prepare_binary` swaps in training layers (``BinaryQAT*``) for your own training loop and
   :func:`convert_binary` packs them into inference layers (``BinaryLinear`` / ``BinaryConv2d``).
 
@@ -20,7 +20,7 @@ from torch import nn
 
 from slimtorch._log import logger
 from slimtorch.data import call, iter_inputs, run_hooked
-from slimtorch.errors import ConfigError, DataError
+from slimtorch.errors import ConfigError
 from slimtorch.graph.surgery import replace_layer
 from slimtorch.handlers import handler
 from slimtorch.layer_kinds import as_plain
@@ -202,26 +202,15 @@ def quantize_binary(
     select: Sequence[str] | None = None,
     seed: int = 0,
 ) -> nn.Module:
-    """Handler of ``slimtorch.quantize`` for :class:`Binarize` and :class:`Ternarize`: prepare, optionally
-    train with distillation from the float model, then pack. Post-training (no fine-tuning) with data, the
-    BatchNorm statistics are re-estimated on ``calibration_batches`` afterwards.
+    """Handler of ``slimtorch.quantize`` for :class:`Binarize` and :class:`Ternarize`: prepare, then pack at once
+    (post-training). With data, the BatchNorm statistics are re-estimated on ``calibration_batches`` afterwards.
 
     Raises:
         ConfigError: no layer can be binarized.
-        DataError: ``finetune_epochs > 0`` without labelled data.
     """
-    from slimtorch.train.finetune import Finetune, finetune, frozen_copy
-
-    if config.finetune_epochs and data is None:
-        raise DataError(f"{type(config).__name__}(finetune_epochs={config.finetune_epochs}) needs labelled data=")
-    teacher = frozen_copy(model) if config.finetune_epochs else None
     prepare_binary(model, config, data=data, select=select)
-    if config.finetune_epochs:
-        finetune(model, data, teacher=teacher, config=Finetune(epochs=config.finetune_epochs, lr=config.finetune_lr),
-                 seed=seed)
     convert_binary(model.eval())
-    if not config.finetune_epochs and data is not None:
+    if data is not None:
         count = refresh_batchnorm(model, data, config.calibration_batches)
         logger.info("%s: refreshed the statistics of %d BatchNorm layers", type(config).__name__, count)
     return model
-

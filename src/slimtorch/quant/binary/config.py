@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from slimtorch.config import Config, check_range, register
 from slimtorch.errors import ConfigError
@@ -18,21 +18,19 @@ class _BinaryCommon(Config):
     keep_last: bool = True
     exclude: tuple[str, ...] = ()
     calibration_batches: int = 8
-    finetune_epochs: int = 0
-    finetune_lr: float = 1e-3
+
+    removed: ClassVar[dict[str, str]] = dict.fromkeys(
+        ("finetune_epochs", "finetune_lr"),
+        "train through the straight-through estimator with quantization-aware training (recipe: `- quantize: "
+        "{method: qat, target: {method: binary, ...}, epochs: N}`; Python: st.quantize(model, "
+        "st.QuantAwareTraining(target=st.Binarize(...), epochs=N), data=...))")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         name = type(self).__name__
         check_range(name, "calibration_batches", self.calibration_batches, 1, integer=True)
-        check_range(name, "finetune_epochs", self.finetune_epochs, 0, integer=True)
-        check_range(name, "finetune_lr", self.finetune_lr, 0, lo_open=True)
         if not all(isinstance(p, str) for p in self.exclude):
             raise ConfigError(f"{name}.exclude={self.exclude!r} must be a list of layer-name patterns")
-
-    def requires_data(self) -> bool:
-        """Training (``finetune_epochs > 0``) needs a labelled loader."""
-        return self.finetune_epochs > 0
 
     def mode(self) -> dict[str, Any]:
         """Keyword arguments of the binary layers for this config."""
@@ -51,10 +49,10 @@ class Binarize(_BinaryCommon):
         keep_first: leave the model's first Linear/Conv2d (in registration order) in float.
         keep_last: leave the model's last Linear/Conv2d (usually the classifier) in float.
         exclude: patterns of layers to leave in float (see ``slimtorch.select``).
-        calibration_batches: batches of data used to set the activation thresholds.
-        finetune_epochs: train through the straight-through estimator for this many epochs, distilling from
-            the float model, before packing (0: pack at once, post-training; needs labelled ``data``).
-        finetune_lr: learning rate of that training.
+        calibration_batches: batches of data used to set the activation thresholds and, afterwards, to
+            re-estimate BatchNorm statistics.
+
+    Training through the straight-through estimator before packing is ``QuantAwareTraining(target=Binarize(...))``.
     """
 
     activations: bool = False
@@ -71,7 +69,7 @@ class Ternarize(_BinaryCommon):
 
     Attributes:
         threshold: weights with ``|w| <= threshold * mean |w|`` (per output channel) become 0; TWN's 0.7.
-        keep_first, keep_last, exclude, calibration_batches, finetune_epochs, finetune_lr: as in
+        keep_first, keep_last, exclude, calibration_batches: as in
             :class:`Binarize`.
     """
 
