@@ -77,6 +77,21 @@ def test_static_needs_data():
         st.quantize(nn.Sequential(nn.Linear(4, 4)), st.StaticQuant())
 
 
+def test_a_layer_after_a_fused_relu_is_calibrated_on_the_relus_output():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(8 * 6 * 6, 4)).eval()
+    data = [torch.randn(4, 3, 10, 10) for _ in range(4)]
+    with torch.no_grad():
+        top = max(float(torch.relu(model[0](x)).max()) for x in data)
+    st.quantize(model, st.StaticQuant(), data=data)
+    assert model[0].relu and model[2].relu
+    # non-negative inputs: the grid starts at 0 and its step spans [0, max], not [min of the pre-ReLU values, max]
+    assert int(model[2].input_zero_point) == 0 and int(model[5].input_zero_point) == 0
+    levels = 2 ** kernels.activation_bits() - 1
+    assert float(model[2].input_scale) == pytest.approx(top / levels, rel=1e-5)
+
+
 def test_fold_conv_bn_equals_the_pair():
     conv, bn = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
     bn.running_mean.uniform_(-1, 1)

@@ -201,8 +201,10 @@ def apply_static(model: nn.Module, config: StaticQuant, *, data: Any = None, exa
     if not chosen:
         raise nothing_chosen(model, config, [nn.Linear, nn.Conv2d], skipped)
     names = [n for n, _ in chosen]
-    fused = fuse_relus(model, example_inputs, set(names)) if config.fuse_relu and example_inputs is not None else set()
+    # calibrated before the ReLUs are fused: a fused ReLU becomes an Identity until its layer is swapped, and the
+    # next layer's inputs must be measured after the ReLU (non-negative, every code used), not before it
     ranges = calibrate(model, names, data, config.calibration_batches, config.observer, config.percentile)
+    fused = fuse_relus(model, example_inputs, set(names)) if config.fuse_relu and example_inputs is not None else set()
     for name, layer in chosen:
         relu = name in fused
         plain = as_plain(layer)
