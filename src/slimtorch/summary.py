@@ -38,7 +38,9 @@ class StepSummary:
             chosen and its timings), ``rounds`` (iterative: overall sparsity after each round), ``bn_batches``
             (batches BatchNorm statistics were re-estimated on). Low rank: ``layers``, one row per candidate
             layer (``name``, ``method``, ``status`` "decomposed" or "left dense", ``rank``, ``params_before``,
-            ``params_after`` or ``reason``).
+            ``params_after`` or ``reason``). Static int8: ``equalized`` (``[producer, consumer]`` layer pairs),
+            ``bias_correction`` (layer -> largest per-channel mean shift removed), ``adaround`` (layer ->
+            ``{"loss_nearest", "loss", "iterations"}``), each only when the config asked for it.
     """
 
     step: str

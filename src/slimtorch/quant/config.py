@@ -30,6 +30,15 @@ class StaticQuant(Config):
         calibration_batches: batches of data to calibrate on.
         fold_bn: fold BatchNorm into the preceding convolution first.
         fuse_relu: run a ReLU that directly follows a layer inside its kernel.
+        equalize: cross-layer equalization first (``quant.equalize``): consecutive layers' channels rescaled so
+            both have the same weight range per channel; the float model computes the same, the per-channel
+            ranges of depthwise convolutions stop spreading over orders of magnitude.
+        bias_correction: after quantizing, remove each layer's mean output shift on the calibration data
+            (``quant.bias_correction``), layer by layer in execution order.
+        adaround: choose each weight's rounding (up or down) to minimize the layer's output error on the
+            calibration data (``quant.adaround``) rather than rounding to nearest.
+        adaround_seconds: time budget of AdaRound for all layers together, in seconds (split evenly; a layer
+            out of time keeps the best rounding found so far, never worse than nearest).
         include: only these layers (patterns or type names); None: every Linear and Conv2d.
         exclude: layers kept in float (mixed precision).
     """
@@ -40,6 +49,10 @@ class StaticQuant(Config):
     calibration_batches: int = 32
     fold_bn: bool = True
     fuse_relu: bool = True
+    equalize: bool = False
+    bias_correction: bool = False
+    adaround: bool = False
+    adaround_seconds: float = 60.0
     include: tuple[str, ...] | None = None
     exclude: tuple[str, ...] = ()
 
@@ -51,6 +64,7 @@ class StaticQuant(Config):
                               "(bits=8); for 4-bit weights use WeightOnlyQuant(bits=4)")
         check_range(name, "percentile", self.percentile, 50, 100)
         check_range(name, "calibration_batches", self.calibration_batches, 1, integer=True)
+        check_range(name, "adaround_seconds", self.adaround_seconds, 0, lo_open=True)
         _check_patterns(name, "include", self.include)
         _check_patterns(name, "exclude", self.exclude)
 

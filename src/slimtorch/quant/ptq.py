@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,7 +22,9 @@ from slimtorch.graph.surgery import replace_layer
 from slimtorch.handlers import handler
 from slimtorch.layer_kinds import as_plain
 from slimtorch.quant import kernels
+from slimtorch.quant.bias_correction import correct_biases
 from slimtorch.quant.config import DynamicQuant, StaticQuant, WeightOnlyQuant
+from slimtorch.quant.equalize import equalize
 from slimtorch.quant.formats import QuantConv2d, linear_class
 from slimtorch.quant.modules import QuantLinear
 from slimtorch.quant.observers import make_observer
@@ -197,10 +200,16 @@ def apply_static(model: nn.Module, config: StaticQuant, *, data: Any = None, exa
 
         folded = fold_batchnorms(model, example_inputs)
         logger.info("StaticQuant: folded %d BatchNorm layers into their convolutions", len(folded))
+    details: dict[str, Any] = {}
+    if config.equalize and example_inputs is not None:
+        pairs = equalize(model, example_inputs)
+        details["equalized"] = [[p.producer, p.consumer] for p in pairs]
+        logger.info("StaticQuant: equalized %d layer pairs", len(pairs))
     chosen, skipped = static_layers(model, config, select)
     if not chosen:
         raise nothing_chosen(model, config, [nn.Linear, nn.Conv2d], skipped)
     names = [n for n, _ in chosen]
+    reference = copy.deepcopy(model) if config.bias_correction else None  # the float model, ReLUs unfused
     # calibrated before the ReLUs are fused: a fused ReLU becomes an Identity until its layer is swapped, and the
     # next layer's inputs must be measured after the ReLU (non-negative, every code used), not before it
     ranges = calibrate(model, names, data, config.calibration_batches, config.observer, config.percentile)
@@ -216,7 +225,12 @@ def apply_static(model: nn.Module, config: StaticQuant, *, data: Any = None, exa
         q.set_input_grid(scale, zero, bits)
         replace_layer(model, name, q)
     logger.info("StaticQuant: %d layers to int8 (%d with ReLU fused)", len(chosen), len(fused))
-    record(model, StepSummary("StaticQuant", tuple(names), skipped))
+    if reference is not None:
+        batches = list(iter_inputs(data, config.calibration_batches))
+        details["bias_correction"] = correct_biases(model, reference, names, batches)
+        logger.info("StaticQuant: bias correction on %d layers (largest shift removed %.3g)",
+                    len(details["bias_correction"]), max(details["bias_correction"].values(), default=0.0))
+    record(model, StepSummary("StaticQuant", tuple(names), skipped, details=details))
     return model
 
 
