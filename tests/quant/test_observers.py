@@ -55,3 +55,13 @@ def test_entropy_threshold_clips_a_long_tail():
     x[0] = 60.0
     lo, hi = _feed(EntropyObserver(), [x]).range(bits=8)
     assert lo == -hi and 3.0 < hi < 40.0
+
+
+def test_entropy_threshold_ignores_the_spike_of_zeros_a_relu_makes():
+    torch.manual_seed(0)
+    x = torch.distributions.Laplace(0.0, 1.0).sample((200_000,)).abs()
+    x[0] = 60.0
+    _, alone = _feed(EntropyObserver(), [x]).range(bits=8)
+    relu = torch.cat([x, torch.zeros(200_000)])  # half the values exactly 0, as after a ReLU
+    lo, hi = _feed(EntropyObserver(), [relu]).range(bits=8)
+    assert lo == 0.0 and abs(hi - alone) <= 0.05 * alone, (hi, alone)

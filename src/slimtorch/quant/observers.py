@@ -180,7 +180,12 @@ class EntropyObserver(HistogramObserver):
     def range(self, bits: int = 8, signed: bool = False) -> tuple[float, float]:
         """``(-t, t)`` when negatives were seen, else ``(0, t)``, for the threshold ``t``."""
         levels = min(2 ** (bits - 1) if self.negative else 2**bits, self.bins)
-        t = self.lo + kl_threshold(self.hist, levels) * (self.hi - self.lo) / self.bins
+        # the first bin holds every exact zero a ReLU produced: that spike would dominate the divergence and pull
+        # the threshold far down, though zero is exact whatever the threshold; it counts as its neighbour does
+        hist = self.hist.clone()
+        if len(hist) > 1:
+            hist[0] = hist[1]
+        t = self.lo + kl_threshold(hist, levels) * (self.hi - self.lo) / self.bins
         return (-t, t) if self.negative else (0.0, t)
 
 

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,8 +21,9 @@ from slimtorch.data import iter_inputs, run_hooked
 from slimtorch.errors import ConfigError, DataError, UnsupportedModelError
 from slimtorch.graph.surgery import replace_layer
 from slimtorch.handlers import handler
-from slimtorch.layer_kinds import as_plain
+from slimtorch.layer_kinds import as_plain, layer_kind
 from slimtorch.quant import kernels
+from slimtorch.quant.adaround import capture_inputs, round_layer
 from slimtorch.quant.bias_correction import correct_biases
 from slimtorch.quant.config import DynamicQuant, StaticQuant, WeightOnlyQuant
 from slimtorch.quant.equalize import equalize
@@ -129,26 +131,30 @@ def quant_conv2d(conv: nn.Conv2d, *, bits: int = 8, relu: bool = False) -> Quant
 
 
 def fuse_relus(model: nn.Module, example_inputs: Any, names: set[str]) -> set[str]:
-    """Find layers in ``names`` whose only reader is an ``nn.ReLU`` module called once; swap that ReLU for
-    ``nn.Identity`` (the kernel applies it) and return the fused layer names."""
+    """Find layers in ``names`` whose output goes first into an ``nn.ReLU`` module called once, and only there (or
+    the ReLU works in place, so every later reader sees its result); swap that ReLU for ``nn.Identity`` (the
+    kernel applies it) and return the fused layer names."""
     from slimtorch.graph.trace import trace
 
     tr = trace(model, example_inputs)
-    uses: dict[int, int] = {}
+    readers: dict[int, list[int]] = {}  # tensor id -> indices of the ops reading it, in execution order
     calls: dict[str, int] = {}
-    for op in tr.ops:
-        for r in op.refs():
-            uses[r] = uses.get(r, 0) + 1
+    for index, op in enumerate(tr.ops):
+        for r in dict.fromkeys(op.refs()):
+            readers.setdefault(r, []).append(index)
         if op.module:
             calls[op.module] = calls.get(op.module, 0) + 1
     producer = {op.outputs[0]: op.module for op in tr.ops if op.outputs and op.module in names
                 and op.name in {"conv2d", "linear", "addmm"}}
     fused = set()
-    for op in tr.ops:
-        if op.name not in {"relu", "relu_"} or not op.module or not op.refs() or calls.get(op.module) != 1:
+    for index, op in enumerate(tr.ops):
+        if op.name != "relu" or not op.module or not op.refs() or calls.get(op.module) != 1:
             continue
-        src = producer.get(op.refs()[0])
-        if src and uses.get(op.refs()[0]) == 1 and isinstance(model.get_submodule(op.module), nn.ReLU):
+        ref = op.refs()[0]
+        src, seen = producer.get(ref), readers.get(ref, [])
+        in_place = op.outputs == [ref]  # later readers of the same tensor read the ReLU's result
+        first = bool(seen) and seen[0] == index
+        if src and first and (len(seen) == 1 or in_place) and isinstance(model.get_submodule(op.module), nn.ReLU):
             model.set_submodule(op.module, nn.Identity())
             fused.add(src)
     return fused
@@ -213,8 +219,10 @@ def apply_static(model: nn.Module, config: StaticQuant, *, data: Any = None, exa
     # calibrated before the ReLUs are fused: a fused ReLU becomes an Identity until its layer is swapped, and the
     # next layer's inputs must be measured after the ReLU (non-negative, every code used), not before it
     ranges = calibrate(model, names, data, config.calibration_batches, config.observer, config.percentile)
+    samples = capture_inputs(model, names, data, config.calibration_batches) if config.adaround else {}
     fused = fuse_relus(model, example_inputs, set(names)) if config.fuse_relu and example_inputs is not None else set()
-    for name, layer in chosen:
+    started = time.perf_counter()
+    for k, (name, layer) in enumerate(chosen):
         relu = name in fused
         plain = as_plain(layer)
         q = quant_conv2d(plain, relu=relu) if isinstance(plain, nn.Conv2d) else quant_linear(
@@ -223,7 +231,17 @@ def apply_static(model: nn.Module, config: StaticQuant, *, data: Any = None, exa
         scale, zero = choose_qparams(torch.tensor(ranges[name][0]), torch.tensor(ranges[name][1]), bits=bits,
                                      symmetric=False, signed=False)
         q.set_input_grid(scale, zero, bits)
+        if name in samples and layer_kind(layer).kind != "same_pad":  # a "same" pad is applied inside the twin
+            # the time budget is shared evenly; time a layer leaves unused passes to the next ones
+            deadline = started + config.adaround_seconds * (k + 1) / len(chosen)
+            result = round_layer(q, plain, samples.pop(name), deadline=deadline, seed=seed)
+            details.setdefault("adaround", {})[name] = {"loss_nearest": result.loss_nearest, "loss": result.loss,
+                                                        "iterations": result.iterations}
         replace_layer(model, name, q)
+    if "adaround" in details:
+        rounded = details["adaround"].values()
+        logger.info("StaticQuant: AdaRound on %d layers, output error %.3g -> %.3g (sum of mean squares)",
+                    len(rounded), sum(r["loss_nearest"] for r in rounded), sum(r["loss"] for r in rounded))
     logger.info("StaticQuant: %d layers to int8 (%d with ReLU fused)", len(chosen), len(fused))
     if reference is not None:
         batches = list(iter_inputs(data, config.calibration_batches))
