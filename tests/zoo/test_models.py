@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from slimtorch.measure.flops import count_flops
-from slimtorch.zoo.models import BasicBlock, DigitsCNN, DigitsMLP
+from slimtorch.zoo.models import BasicBlock, DigitsCNN, DigitsMLP, DigitsMobileNet, InvertedResidual
 
 
 def n_params(model):
@@ -92,3 +92,17 @@ def test_basic_block_keeps_the_shape_and_adds_the_identity():
 def test_builders_start_in_training_mode_with_gradients(build):
     model = build()
     assert model.training and all(p.requires_grad for p in model.parameters())
+
+
+def test_mobilenet_shapes_depthwise_layers_and_shortcuts():
+    model = DigitsMobileNet().eval()
+    assert model(torch.randn(3, 1, 16, 16)).shape == (3, 10)
+    depthwise = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
+    assert len(depthwise) == 5 and all(m.groups == m.in_channels == m.out_channels for m in depthwise)
+    assert sum(isinstance(m, nn.ReLU6) for m in model.modules()) == 2 * 5 + 2
+    assert [b.shortcut for b in model.blocks] == [True, False, True, False, True]
+    block = InvertedResidual(8, 8, 1).eval()
+    x = torch.randn(2, 8, 6, 6)
+    with torch.no_grad():  # the shortcut adds the input to the projection
+        torch.testing.assert_close(block(x), block.project(block.depthwise(block.expand(x))) + x)
+    assert InvertedResidual(8, 12, 2)(x).shape == (2, 12, 3, 3)

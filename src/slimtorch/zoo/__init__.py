@@ -18,7 +18,7 @@ from slimtorch._log import logger
 from slimtorch.config import suggest
 from slimtorch.errors import ArtifactError, ConfigError
 from slimtorch.zoo.digits import ZooData, load_digits_data
-from slimtorch.zoo.models import DigitsCNN, DigitsMLP
+from slimtorch.zoo.models import DigitsCNN, DigitsMLP, DigitsMobileNet
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,13 @@ ENTRIES: dict[str, Entry] = {
         epochs=12,
         lr=1e-3,
         about="residual CNN with BatchNorm on sklearn digits at 16x16 (0.5M parameters, 16.5M MACs/image)",
+    ),
+    "digits-mobilenet": Entry(
+        build=DigitsMobileNet,
+        data=lambda: load_digits_data(image_size=16),
+        epochs=30,
+        lr=3e-3,
+        about="MobileNetV2-style CNN (depthwise convolutions, ReLU6, BatchNorm) on sklearn digits at 16x16",
     ),
 }
 

@@ -66,3 +66,41 @@ class DigitsCNN(nn.Module):
         x = self.layer2(self.down2(x))  # (B, w2, 8, 8)
         x = self.layer3(self.down3(x))  # (B, w3, 4, 4)
         return self.head(self.pool(x).flatten(1))
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2's block: 1x1 expansion, 3x3 depthwise, 1x1 linear projection, each with BatchNorm (ReLU6 after
+    the first two); an identity shortcut when the stride is 1 and the width is kept."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expand: int = 4) -> None:
+        super().__init__()
+        hidden = cin * expand
+        self.expand = nn.Sequential(nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6())
+        self.depthwise = nn.Sequential(nn.Conv2d(hidden, hidden, 3, stride=stride, padding=1, groups=hidden,
+                                                 bias=False), nn.BatchNorm2d(hidden), nn.ReLU6())
+        self.project = nn.Sequential(nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout))
+        self.shortcut = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.project(self.depthwise(self.expand(x)))
+        return out + x if self.shortcut else out
+
+
+class DigitsMobileNet(nn.Module):
+    """A small MobileNetV2 for 1x16x16 digits: depthwise convolutions, ReLU6 and BatchNorm, the family whose
+    per-channel weight ranges (after folding BatchNorm) make static int8 hard."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU6())
+        self.blocks = nn.Sequential(
+            InvertedResidual(16, 16, 1), InvertedResidual(16, 24, 2), InvertedResidual(24, 24, 1),
+            InvertedResidual(24, 32, 2), InvertedResidual(32, 32, 1),
+        )
+        self.last = nn.Sequential(nn.Conv2d(32, 128, 1, bias=False), nn.BatchNorm2d(128), nn.ReLU6())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(128, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(self.stem(x))  # (B, 32, 4, 4)
+        return self.head(self.pool(self.last(x)).flatten(1))
