@@ -35,3 +35,24 @@ def digits_mlp():
     from slimtorch import zoo
 
     return zoo.load("digits-mlp")
+
+
+@pytest.fixture
+def xor_task():
+    """256 labelled rows of 10 features in batches of 32; the label says whether x0 > x2 (pruning schedules)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 10, generator=g)
+    y = (x[:, 0] - x[:, 2] > 0).long()
+    return [(x[i:i + 32], y[i:i + 32]) for i in range(0, 256, 32)]
+
+
+@pytest.fixture
+def small_mlp():
+    """A factory of the same seeded MLP 10-64-64-2 (``small_mlp()`` -> a fresh model)."""
+
+    def make():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(10, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64),
+                                   torch.nn.ReLU(), torch.nn.Linear(64, 2))
+
+    return make

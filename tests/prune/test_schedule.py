@@ -5,23 +5,10 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as hs
-from torch import nn
 
 import slimtorch as st
 from slimtorch.prune.masks import attach_mask
 from slimtorch.prune.schedule import GradualPruner, cubic_sparsity, iterative_sparsities
-
-
-def task(n=256):
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(n, 10, generator=g)
-    y = (x[:, 0] - x[:, 2] > 0).long()
-    return [(x[i:i + 32], y[i:i + 32]) for i in range(0, n, 32)]
-
-
-def net():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(10, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 2))
 
 
 def test_cubic_schedule_values():
@@ -49,8 +36,8 @@ def test_iterative_ramp_removes_a_constant_fraction():
     assert ratios == pytest.approx([0.1 ** (1 / 3)] * 3)
 
 
-def test_gradual_pruner_follows_the_schedule_from_the_loop():
-    model = net()
+def test_gradual_pruner_follows_the_schedule_from_the_loop(small_mlp, xor_task):
+    model = small_mlp()
     layers = [("0", model[0]), ("2", model[2])]
     for _, m in layers:
         attach_mask(m, torch.ones_like(m.weight, dtype=torch.bool))
@@ -63,7 +50,7 @@ def test_gradual_pruner_follows_the_schedule_from_the_loop():
         zeros = sum(int((mod.weight == 0).sum()) for _, mod in layers)
         seen.append(zeros / sum(mod.weight.numel() for _, mod in layers))
 
-    st.finetune(model, task(), config=st.Finetune(epochs=4, lr=1e-2), on_step=on_step)
+    st.finetune(model, xor_task, config=st.Finetune(epochs=4, lr=1e-2), on_step=on_step)
     assert len(seen) == 32 and pruner.finished
     assert all(b >= a for a, b in zip(seen, seen[1:], strict=False))  # pruned weights never come back
     for t in (2, 8, 16):  # after each pruning step the sparsity is the schedule's

@@ -3,29 +3,16 @@
 
 import pytest
 import torch
-from torch import nn
 
 import slimtorch as st
 from slimtorch.prune.schedule import iterative_sparsities
 from slimtorch.summary import last_summary
 
 
-def task(n=256):
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(n, 10, generator=g)
-    y = (x[:, 0] - x[:, 2] > 0).long()
-    return [(x[i:i + 32], y[i:i + 32]) for i in range(0, n, 32)]
-
-
-def net():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(10, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 2))
-
-
 @pytest.mark.parametrize("importance", ["l1", "movement"])
-def test_gradual_pruning_through_prune_reaches_the_target_and_learns(importance):
-    model = net()
-    data = task()
+def test_gradual_pruning_through_prune_reaches_the_target_and_learns(importance, small_mlp, xor_task):
+    model = small_mlp()
+    data = xor_task
     cfg = st.GradualPruning(sparsity=0.9, epochs=6, frequency=4, importance=importance, lr=1e-2)
     st.prune(model, cfg, data=data)
     assert last_summary(model).details["overall"] == pytest.approx(0.9, abs=1e-3)
@@ -34,16 +21,16 @@ def test_gradual_pruning_through_prune_reaches_the_target_and_learns(importance)
     assert acc > 0.85
 
 
-def test_iterative_pruning_rounds():
-    model = net()
-    st.prune(model, st.IterativePruning(sparsity=0.9, rounds=3, epochs_per_round=1, lr=1e-2), data=task())
+def test_iterative_pruning_rounds(small_mlp, xor_task):
+    model = small_mlp()
+    st.prune(model, st.IterativePruning(sparsity=0.9, rounds=3, epochs_per_round=1, lr=1e-2), data=xor_task)
     rounds = last_summary(model).details["rounds"]
     assert rounds == pytest.approx(iterative_sparsities(0.9, 3), abs=1e-3)
     assert int((model[0].weight == 0).sum()) + int((model[2].weight == 0).sum()) == round(0.9 * (640 + 4096))
 
 
-def test_schedules_need_training_data():
+def test_schedules_need_training_data(small_mlp):
     with pytest.raises(st.DataError, match="data="):
-        st.prune(net(), st.GradualPruning())
+        st.prune(small_mlp(), st.GradualPruning())
     with pytest.raises(st.DataError, match="data="):
-        st.prune(net(), st.IterativePruning())
+        st.prune(small_mlp(), st.IterativePruning())

@@ -189,7 +189,9 @@ def static_layers(model: nn.Module, config: StaticQuant, select: Sequence[str] |
 @handler(StaticQuant)
 def apply_static(model: nn.Module, config: StaticQuant, *, data: Any = None, example_inputs: Any = None,
                  select: Sequence[str] | None = None, seed: int = 0) -> nn.Module:
-    """Handler of ``st.quantize`` for :class:`StaticQuant`: fold BatchNorm, fuse ReLU, calibrate, swap layers.
+    """Handler of ``st.quantize`` for :class:`StaticQuant`: fold BatchNorm, equalize (``equalize``), calibrate,
+    fuse ReLUs, build the int8 layers (their rounding chosen by AdaRound with ``adaround``), swap them in, and
+    correct the biases (``bias_correction``). What the optional steps did is in the step's summary details.
 
     Raises:
         DataError: no calibration data.

@@ -18,6 +18,7 @@ from slimtorch._log import logger
 from slimtorch.config import suggest
 from slimtorch.errors import ArtifactError, ConfigError
 from slimtorch.zoo.digits import ZooData, load_digits_data
+from slimtorch.zoo.fashion import load_fashion_data
 from slimtorch.zoo.models import DigitsCNN, DigitsMLP, DigitsMobileNet
 
 
@@ -53,6 +54,14 @@ ENTRIES: dict[str, Entry] = {
         epochs=30,
         lr=3e-3,
         about="MobileNetV2-style CNN (depthwise convolutions, ReLU6, BatchNorm) on sklearn digits at 16x16",
+    ),
+    "fashion-mobilenet": Entry(
+        build=DigitsMobileNet,
+        data=lambda: load_fashion_data(train_size=30_000),
+        epochs=6,
+        lr=3e-3,
+        about="the same MobileNetV2-style CNN on Fashion-MNIST at 28x28 (30,000 training images; needs the Debian "
+              "package dataset-fashion-mnist or $SLIMTORCH_FASHION_MNIST)",
     ),
 }
 
@@ -102,7 +111,7 @@ def load(name: str, *, seed: int = 0, cache: bool = True) -> tuple[nn.Module, Zo
     """Return ``(trained model, data)`` for zoo model ``name``, training it on first use and caching it.
 
     Args:
-        name: "digits-mlp" or "digits-cnn".
+        name: one of :func:`names` ("digits-mlp", "digits-cnn", ...).
         seed: the training seed; the same seed gives the same model.
         cache: read and write the cache (see :func:`cache_dir`).
 
