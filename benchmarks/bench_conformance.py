@@ -172,7 +172,7 @@ CAUSES = {
 def _cause(cell: dict[str, Any]) -> tuple[str, str]:
     """The key of ``CAUSES`` a non-passing cell falls under (its family's kind and the phase it stopped in)."""
     column = cell["column"]
-    kind = ("int8" if column in ("static_int8", "qat_static", "dynamic_int8") else
+    kind = ("int8" if column in ("static_int8", "static_int8_hard", "qat_static", "dynamic_int8") else
             "weight" if column.startswith("weight_") else "float")
     return kind, cell["phase"]
 

@@ -8,8 +8,9 @@ with inductor freezing, of the float model (the fastest fp32 path) and, for the 
   the "bound" row is the float encoder with every Linear replaced by its int8 GEMM alone on a ready-made
   uint8 input (no quantization, no rescaling, everything else still float32): no dynamic int8 scheme can be
   faster on this machine, so its ratio is the ceiling for the others;
-- static int8 on a ResNet-style CNN at 224x224, batch 1 and 16 (peer: none that runs int8 conv without the
-  deprecated flow; compiled fp32 is the fast float path);
+- static int8 on a ResNet-style CNN at 224x224, batch 1 and 16; peers: torch.ao's FX flow (x86 backend, eager
+  quantized kernels; deprecated, but what users still pick) and PT2E (``torch.export``, torchao's
+  X86InductorQuantizer, ``torch.compile`` with freezing); compiled fp32 is the fast float path;
 - weight-only int4 (group 128) and int8 on 4096x4096 and 4096x11008 linear layers at batch 1; peers: torchao
   ``Int4WeightOnlyConfig`` and optimum-quanto ``qint4`` weights.
 """
@@ -140,6 +141,53 @@ def _quanto(model: nn.Module):
     return call
 
 
+def _torch_ao_fx(model: nn.Module, calib: list[torch.Tensor]):
+    """torch.ao's FX static int8 flow, x86 backend (eager quantized kernels), calibrated on ``calib``; or why not."""
+    try:
+        from torch.ao.quantization import get_default_qconfig_mapping
+        from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+        torch.backends.quantized.engine = "x86"
+        prepared = prepare_fx(copy.deepcopy(model).eval(), get_default_qconfig_mapping("x86"), (calib[0],))
+        with torch.no_grad():
+            for batch in calib:
+                prepared(batch)
+        return convert_fx(prepared)
+    except Exception as err:
+        return f"{type(err).__name__}: {str(err)[:120]}"
+
+
+def _pt2e(model: nn.Module, calib: list[torch.Tensor], x: torch.Tensor):
+    """PT2E static int8: ``torch.export``, torchao's X86InductorQuantizer, calibrate, convert, then
+    ``torch.compile`` with freezing (the path PyTorch documents for x86 int8); a call for ``x``'s shape, or why
+    not."""
+    try:
+        import torch._inductor.config as inductor_config
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+        from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+            X86InductorQuantizer,
+            get_default_x86_inductor_quantization_config,
+        )
+
+        quantizer = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config())
+        exported = torch.export.export(copy.deepcopy(model).eval(), (x,)).module()
+        prepared = prepare_pt2e(exported, quantizer)
+        # the exported graph has x's batch size: the same calibration images, regrouped (and repeated) to it
+        pool, n = torch.cat(calib), x.shape[0]
+        pool = pool.repeat(-(-n // len(pool)), 1, 1, 1)
+        with torch.no_grad():
+            for start in range(0, len(pool) - n + 1, n):
+                prepared(pool[start:start + n])
+        converted = convert_pt2e(prepared)
+        inductor_config.freezing = True
+        with torch.no_grad():
+            fn = torch.compile(converted)
+            fn(x)
+        return fn
+    except Exception as err:
+        return f"{type(err).__name__}: {str(err)[:120]}"
+
+
 def _race(fns: dict, quick: bool) -> dict:
     fns = {k: v for k, v in fns.items() if v is not None}
     with torch.no_grad():
@@ -200,14 +248,26 @@ def run(quick: bool) -> dict:
     cnn = resnet()
     calib = [torch.randn(2, 3, 224, 224) for _ in range(2)]
     sq = st.quantize(copy.deepcopy(cnn), st.StaticQuant(calibration_batches=2), data=calib)
+    fx = _torch_ao_fx(cnn, calib)
+    peers["torch.ao FX x86"] = fx if isinstance(fx, str) else "ok"
     for batch in (1,) if quick else (1, 16):
         x = torch.randn(batch, 3, 224, 224)
+        pt2e = None if quick else _pt2e(cnn, calib, x)
+        peers[f"PT2E x86 inductor batch {batch}"] = pt2e if isinstance(pt2e, str) else "ok"
         with torch.no_grad():
-            cos = {"slimtorch StaticQuant": _cos(cnn(x), sq(x))}
+            ref = cnn(x)
+            cos = {"slimtorch StaticQuant": _cos(ref, sq(x))}
+            if not isinstance(fx, str):
+                cos["torch.ao FX x86"] = _cos(ref, fx(x))
+            if pt2e is not None and not isinstance(pt2e, str):
+                cos["PT2E x86 inductor, compiled"] = _cos(ref, pt2e(x))
         comp, sq_c = (None, None) if quick else (compiled(cnn, x), compiled(sq, x))
         fns = {"fp32 eager": lambda x=x: cnn(x), "fp32 compiled": None if comp is None else (lambda x=x, c=comp: c(x)),
                "slimtorch StaticQuant": lambda x=x: sq(x),
-               "slimtorch StaticQuant, compiled": None if sq_c is None else (lambda x=x, c=sq_c: c(x))}
+               "slimtorch StaticQuant, compiled": None if sq_c is None else (lambda x=x, c=sq_c: c(x)),
+               "torch.ao FX x86": None if isinstance(fx, str) else (lambda x=x, m=fx: m(x)),
+               "PT2E x86 inductor, compiled": None if pt2e is None or isinstance(pt2e, str) else (
+                   lambda x=x, m=pt2e: m(x))}
         _rows("ResNet-style 224x224, static int8", batch, _race(fns, quick), rows, cos)
     # 3. weight-only int4 / int8 linear layers, batch 1
     sizes = {}

@@ -368,6 +368,10 @@ COLUMNS: dict[str, Column] = {
                                                                agree_or_peer(0.98, 0.02, _torch_ao(qat=False))),
                           "output cosine >= 0.98 vs float, or within 0.02 of torch.ao FX x86 static int8's on the "
                           "same model and calibration"),
+    "static_int8_hard": Column(_quantize(st.StaticQuant(equalize=True, bias_correction=True, adaround=True,
+                                                       adaround_seconds=3)),
+                               all_of(quantized_layers("int"), agree_or_peer(0.98, 0.02, _torch_ao(qat=False))),
+                               "with equalization, bias correction and AdaRound (3 s): as static_int8"),
     "dynamic_int8": Column(lambda m, x, c: st.quantize(m, st.DynamicQuant(), data=c, example_inputs=x),
                            all_of(quantized_layers("int"), agree(0.99)), "output cosine >= 0.99 vs float"),
     "weight_int8": Column(_quantize(st.WeightOnlyQuant(bits=8, group_size=None)),
