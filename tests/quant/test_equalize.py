@@ -101,3 +101,17 @@ def test_static_quant_with_equalize_records_the_pairs_and_stays_close():
     with torch.no_grad():
         cos = torch.nn.functional.cosine_similarity(model(data[0]).flatten(), want.flatten(), dim=0)
     assert float(cos) > 0.999
+
+
+def test_in_place_activations_are_followed_only_when_they_commute_with_the_scale():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU6(inplace=True), nn.Conv2d(8, 8, 1), nn.SiLU(inplace=True),
+                          nn.Conv2d(8, 8, 1), nn.ReLU(inplace=True), nn.Conv2d(8, 4, 1)).eval()
+    x = torch.randn(2, 3, 9, 9)
+    pairs = find_pairs(model, x[:1])
+    # the in-place SiLU reads the second conv's output first: scaling through it would change the model
+    assert [(p.producer, p.consumer, p.clamps) for p in pairs] == [("0", "2", ("1",)), ("4", "6", ())]
+    with torch.no_grad():
+        want = model(x)
+        equalize(model, x[:1])
+        torch.testing.assert_close(model(x), want, rtol=0, atol=1e-5)

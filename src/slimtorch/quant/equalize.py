@@ -137,36 +137,47 @@ def find_pairs(model: nn.Module, example_inputs: Any) -> list[Pair]:
     from slimtorch.graph.trace import trace
 
     tr = trace(model, example_inputs)
-    readers: dict[int, list] = {}
+    readers: dict[int, list[int]] = {}  # tensor id -> indices of the ops reading it, in execution order
     calls: dict[str, int] = {}
-    for op in tr.ops:
-        for r in set(op.refs()):
-            if r not in op.outputs:  # an op returning its own input (dropout in eval) reads nothing new
-                readers.setdefault(r, []).append(op)
+    for index, op in enumerate(tr.ops):
+        for r in dict.fromkeys(op.refs()):
+            readers.setdefault(r, []).append(index)
         if op.module:
             calls[op.module] = calls.get(op.module, 0) + 1
+
+    def clamp_module(step: Any) -> bool:
+        if step.name != "hardtanh" or not step.module or calls.get(step.module) != 1:
+            return False
+        act = model.get_submodule(step.module)
+        return isinstance(act, nn.Hardtanh) and act.min_val == 0 and act.max_val > 0
+
     pairs = []
-    for op in tr.ops:
+    for index, op in enumerate(tr.ops):
         if op.name not in {"conv2d", "linear"} or not op.module or calls[op.module] != 1:
             continue
         producer = model.get_submodule(op.module)
         if not _plain(producer):
             continue
-        tensor, clamps = op.outputs[0], []
-        while True:
-            nxt = readers.get(tensor, [])
-            if len(nxt) != 1 or tensor in tr.outputs:
+        tensor, position, clamps = op.outputs[0], index, []
+        while tensor not in tr.outputs:
+            later = [i for i in readers.get(tensor, []) if i > position]
+            if not later:
                 break
-            step = nxt[0]
-            if step.name in _EQUIVARIANT and step.refs()[0] == tensor:
-                tensor = step.outputs[0]
+            step = tr.ops[later[0]]
+            passes = step.name in _EQUIVARIANT and step.refs()[0] == tensor
+            clamp = clamp_module(step)
+            if step.outputs == [tensor]:  # in place (relu_, ReLU6(inplace=True)) or its input back (dropout)
+                if not (passes or clamp):  # an in-place op that does not commute with the scale (silu_)
+                    break
+                clamps += [step.module] if clamp else []
+                position = later[0]  # later readers of the same tensor read this op's result
                 continue
-            if step.name == "hardtanh" and step.module and calls.get(step.module) == 1:
-                act = model.get_submodule(step.module)
-                if isinstance(act, nn.Hardtanh) and act.min_val == 0 and act.max_val > 0:
-                    clamps.append(step.module)
-                    tensor = step.outputs[0]
-                    continue
+            if len(later) > 1:  # read elsewhere too: a residual branch, a second consumer
+                break
+            if passes or clamp:
+                clamps += [step.module] if clamp else []
+                tensor, position = step.outputs[0], later[0]
+                continue
             if step.name in {"conv2d", "linear"} and step.module and calls.get(step.module) == 1 \
                     and step.refs()[0] == tensor:
                 consumer = model.get_submodule(step.module)
