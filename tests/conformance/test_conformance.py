@@ -20,6 +20,10 @@ KNOWN_FAULTS: dict[tuple[str, str], str] = {
         "tracer cannot trace its TensorFlow same-padding convolutions, so there is no peer figure to compare with "
         "(on the rows it traces, torch.ao FX x86 reaches the same or lower cosines); issue 21's equalization, "
         "bias correction and clipping search target such networks"),
+    ("timm/tf_mobilenetv3_small_minimal_100", "static_int8_hard"): (
+        "with equalization, bias correction and a 3 s AdaRound the cosine is 0.968 (plain static int8: 0.971), still "
+        "below 0.98 with no torch.ao figure (it cannot trace the same-padding convolutions); equalization finds few "
+        "pairs in this network (hardswish between most layers) and AdaRound is fed float inputs (issue 21)"),
     ("timm/tf_mobilenetv3_small_minimal_100", "qat_static"): (
         "on CPUs without VNNI (7-bit activation codes) the ONNX check fails on max error alone (0.129 of the largest "
         "output, cosine 0.991): torch's fused quantize (quantize_per_tensor) rounds 1-2 values per million "
