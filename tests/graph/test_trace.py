@@ -55,3 +55,20 @@ def test_mode_is_restored():
     m = Branchy().train()
     trace(m, torch.ones(1, 4))
     assert m.training
+
+
+def test_readers_and_module_calls_index_the_ops():
+    from torch import nn
+
+    from slimtorch.graph.trace import trace
+
+    relu = nn.ReLU(inplace=True)
+    model = nn.Sequential(nn.Linear(4, 4), relu, nn.Linear(4, 4), relu)
+    tr = trace(model, torch.randn(2, 4))
+    names = [op.name for op in tr.ops]
+    assert names == ["linear", "relu", "linear", "relu"]
+    readers = tr.readers()
+    first_out = tr.ops[0].outputs[0]
+    # the in-place ReLU returns the tensor it read; the second Linear reads its result under the same id
+    assert tr.ops[1].outputs == [first_out] and readers[first_out] == [1, 2]
+    assert tr.module_calls() == {"0": 1, "1": 2, "2": 1}  # the shared ReLU module ran twice

@@ -56,6 +56,23 @@ class Trace:
     inputs: list[int] = field(default_factory=list)
     outputs: list[int] = field(default_factory=list)
 
+    def readers(self) -> dict[int, list[int]]:
+        """Tensor id -> indices (into ``ops``) of the ops that read it, in execution order; an op that works in
+        place reads the tensor it returns, and the ops after it read its result under the same id."""
+        found: dict[int, list[int]] = {}
+        for index, op in enumerate(self.ops):
+            for r in dict.fromkeys(op.refs()):
+                found.setdefault(r, []).append(index)
+        return found
+
+    def module_calls(self) -> dict[str, int]:
+        """Module name -> how many recorded ops ran inside it as their innermost module."""
+        calls: dict[str, int] = {}
+        for op in self.ops:
+            if op.module:
+                calls[op.module] = calls.get(op.module, 0) + 1
+        return calls
+
 
 def _collect(obj: Any, found: list[int]) -> None:
     if isinstance(obj, Ref):

@@ -137,13 +137,7 @@ def find_pairs(model: nn.Module, example_inputs: Any) -> list[Pair]:
     from slimtorch.graph.trace import trace
 
     tr = trace(model, example_inputs)
-    readers: dict[int, list[int]] = {}  # tensor id -> indices of the ops reading it, in execution order
-    calls: dict[str, int] = {}
-    for index, op in enumerate(tr.ops):
-        for r in dict.fromkeys(op.refs()):
-            readers.setdefault(r, []).append(index)
-        if op.module:
-            calls[op.module] = calls.get(op.module, 0) + 1
+    readers, calls = tr.readers(), tr.module_calls()
 
     def clamp_module(step: Any) -> bool:
         if step.name != "hardtanh" or not step.module or calls.get(step.module) != 1:

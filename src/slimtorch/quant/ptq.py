@@ -137,13 +137,7 @@ def fuse_relus(model: nn.Module, example_inputs: Any, names: set[str]) -> set[st
     from slimtorch.graph.trace import trace
 
     tr = trace(model, example_inputs)
-    readers: dict[int, list[int]] = {}  # tensor id -> indices of the ops reading it, in execution order
-    calls: dict[str, int] = {}
-    for index, op in enumerate(tr.ops):
-        for r in dict.fromkeys(op.refs()):
-            readers.setdefault(r, []).append(index)
-        if op.module:
-            calls[op.module] = calls.get(op.module, 0) + 1
+    readers, calls = tr.readers(), tr.module_calls()
     producer = {op.outputs[0]: op.module for op in tr.ops if op.outputs and op.module in names
                 and op.name in {"conv2d", "linear", "addmm"}}
     fused = set()
