@@ -6,7 +6,7 @@ from torch import nn
 
 import slimtorch as st
 from slimtorch.lowrank.modules import LowRankLinear
-from slimtorch.measure.layers import layer_table
+from slimtorch.measure.layers import ROOT, layer_table
 
 
 class Net(nn.Module):
@@ -62,6 +62,13 @@ def test_rows_give_the_parameters_sparsity_bits_and_rank_of_each_layer():
 def test_factors_of_a_nested_low_rank_layer_make_no_rows_of_their_own():
     model = nn.Sequential(nn.Sequential(LowRankLinear(8, 8, rank=2), nn.ReLU()), nn.Linear(8, 2))
     assert [(r["name"], r["rank"]) for r in layer_table(model)] == [("0.0", 2), ("1", None)]
+
+
+def test_a_model_that_is_one_layer_is_one_row():
+    rows = layer_table(nn.Linear(4, 3))
+    assert [(r["name"], r["type"], r["params"]) for r in rows] == [(ROOT, "Linear", 15)]
+    low = LowRankLinear(8, 8, rank=2)  # a compressed layer as the whole model: its factors are inside its row
+    assert [(r["name"], r["rank"]) for r in layer_table(low)] == [(ROOT, 2)]
 
 
 def test_a_model_without_weight_bearing_layers_has_no_rows():
