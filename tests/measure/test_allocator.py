@@ -35,13 +35,15 @@ def test_pinning_happens_once_and_says_what_it_did(monkeypatch):
 @pytest.mark.slow
 def test_three_measures_with_evaluation_in_one_process_agree(digits_cnn):
     """Timing noise on a shared machine is random while the allocator effect was systematic (every fresh process,
-    first figure ~1.4x the later ones), so up to three fresh processes are tried: one within 10% passes."""
+    first figure ~1.4x the later ones), so up to three fresh processes are tried: one within 25% passes (a 2-core
+    CI machine measured spreads of 1.51, 1.18 and 1.12 in one run of pinned code; the unpinned effect was ~1.4x in
+    every process)."""
     spreads = []
     for _ in range(3):
         out = subprocess.run([sys.executable, "-c", THREE_MEASURES], capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, out.stderr[-2000:]
         latencies = json.loads(out.stdout.strip().splitlines()[-1])
         spreads.append(max(latencies) / min(latencies))
-        if spreads[-1] <= 1.10:
+        if spreads[-1] <= 1.25:
             break
-    assert min(spreads) <= 1.10, f"max/min latency of three measures per process: {spreads}"
+    assert min(spreads) <= 1.25, f"max/min latency of three measures per process: {spreads}"
