@@ -2,7 +2,7 @@
 export twins hold the same integers."""
 
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as hs
 
 from slimtorch.onnx.twins import DequantLinear, DynamicLinear, NBitsLinear, QDQLinear, twin_for
@@ -18,6 +18,7 @@ def _linear(seed: int, n_in: int, n_out: int) -> torch.nn.Linear:
 @settings(max_examples=25, deadline=None)
 @given(seed=hs.integers(0, 10_000), rows=hs.integers(1, 6), per_token=hs.booleans(),
        scale=hs.floats(1e-3, 1e3))
+@example(seed=72, rows=4, per_token=True, scale=5.0)  # x / scale and x * (127 / amax) round one code differently
 def test_dynamic_op_equals_layer_reference(seed, rows, per_token, scale):
     layer = quant_linear(_linear(seed, 32, 8), mode="dynamic", per_token=per_token)
     x = torch.randn(rows, 32) * scale

@@ -83,9 +83,9 @@ def dynamic_linear(x: torch.Tensor, qweight_t: torch.Tensor, w_scale: torch.Tens
                    bias: torch.Tensor | None, per_token: bool, act_qmax: int = 255) -> torch.Tensor:
     """Dynamic int8 linear on 2-D ``x`` [M, in]; ``qweight_t`` is the int8 weight transposed, [in, out]; per
     tensor, the activation codes run 0..``act_qmax`` (255, or 127 as on CPUs without VNNI)."""
-    if per_token:
-        scale = x.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127.0
-        xd = torch.clamp(torch.round(x / scale), -127, 127) * scale
+    if per_token:  # the arithmetic of quant/kernels.py quantize_rows, operation for operation: same codes at ties
+        amax = x.abs().amax(dim=1, keepdim=True).clamp(min=1e-12)
+        xd = torch.clamp(torch.round(x * (127.0 / amax)), -127, 127) * (amax * (1.0 / 127.0))
     else:  # DynamicQuantizeLinear (255): uint8 over the range of x extended to 0
         lo, hi = x.min().clamp(max=0), x.max().clamp(min=0)
         scale = ((hi - lo) / act_qmax).clamp(min=1e-12)
@@ -180,11 +180,11 @@ def qdq_conv2d_onnx(x, qweight, w_scale, w_zp, x_scale, x_zp, bias_q, bias_scale
 def dynamic_linear_onnx(x, qweight_t, w_scale, w_zp, bias, per_token: bool, act_qmax: int = 255):
     """Dynamic int8: MatMulInteger on the activation quantized in the graph (per row, or per tensor: by
     DynamicQuantizeLinear for codes 0..255, spelled out for a narrower range)."""
-    if per_token:
-        scale = op.Div(op.Max(op.ReduceMax(op.Abs(x), op.Constant(value_ints=[1]), keepdims=1),
-                              _const(1e-12, np.float32)), _const(127.0, np.float32))
-        xq = op.Cast(op.Clip(op.Round(op.Div(x, scale)), _const(-127.0, np.float32), _const(127.0, np.float32)),
-                     to=ir.DataType.INT8)
+    if per_token:  # as quant/kernels.py quantize_rows: codes round(x * (127 / amax)), scale amax * (1 / 127)
+        amax = op.Max(op.ReduceMax(op.Abs(x), op.Constant(value_ints=[1]), keepdims=1), _const(1e-12, np.float32))
+        scale = op.Mul(amax, _const(1.0 / 127.0, np.float32))
+        xq = op.Cast(op.Clip(op.Round(op.Mul(x, op.Div(_const(127.0, np.float32), amax))),
+                             _const(-127.0, np.float32), _const(127.0, np.float32)), to=ir.DataType.INT8)
         acc = op.MatMulInteger(xq, qweight_t, _const(0, np.int8), w_zp)
     elif act_qmax == 255:
         xq, scale, zp = op.DynamicQuantizeLinear(x)
