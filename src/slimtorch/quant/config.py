@@ -186,8 +186,8 @@ class QuantAwareTraining(Config):
             check_range(name, "lr", self.lr, 0, lo_open=True)
         if self.max_batches is not None:
             check_range(name, "max_batches", self.max_batches, 1, integer=True)
-        if self.include is not None and self._method() in ("binary", "ternary"):
-            raise ConfigError(f"{name}.include is not allowed with a {self._method()} target; use exclude")
+        if self.include is not None and self.target_method() in ("binary", "ternary"):
+            raise ConfigError(f"{name}.include is not allowed with a {self.target_method()} target; use exclude")
         _check_patterns(name, "include", self.include)
         _check_patterns(name, "exclude", self.exclude)
         self.format_config()  # the target's own checks (e.g. bits=4 needs a group size)
@@ -196,14 +196,16 @@ class QuantAwareTraining(Config):
         """Training needs a labelled loader."""
         return True
 
-    def _method(self) -> str:
+    def target_method(self) -> str:
+        """The method name of the format trained for ("static", ..., "binary"), whether ``target`` names it or is
+        its config."""
         return self.target.method if isinstance(self.target, Config) else self.target
 
     def learning_rate(self) -> float:
         """``lr``, or the target's default when it is None (see the class docstring)."""
         if self.lr is not None:
             return self.lr
-        return 1e-3 if self._method() in ("binary", "ternary") else 1e-4
+        return 1e-3 if self.target_method() in ("binary", "ternary") else 1e-4
 
     def format_config(self) -> Config:
         """The config of the format trained for, with this stage's layer choice."""

@@ -33,7 +33,7 @@ def quantize_aware(model: nn.Module, config: QuantAwareTraining, *, data: Any = 
         raise DataError("QuantAwareTraining trains: pass data= (a labelled training loader or zoo data)")
     teacher = frozen_copy(model) if config.distill else None
     prepare_qat(model, config.format_config(), data=data, select=select)
-    logger.info("quantization-aware training for %s: %d epoch(s)", config.target, config.epochs)
+    logger.info("quantization-aware training for %s: %d epoch(s)", config.target_method(), config.epochs)
     finetune(model, Finetune(epochs=config.epochs, lr=config.learning_rate(), distill=config.distill,
                              max_batches=config.max_batches), data=data, teacher=teacher, seed=seed)
     return convert(model)
