@@ -134,9 +134,9 @@ def test_qlinear_u8_is_the_exact_integer_product_with_per_channel_scales():
 
 
 def test_the_weight_zero_points_are_one_shared_zero_vector_per_length():
-    z = kernels._zeros(7)
+    z = kernels.weight_zeros(7)
     assert z.dtype == torch.int64 and z.tolist() == [0] * 7
-    assert kernels._zeros(7) is z and kernels._zeros(3).shape == (3,)
+    assert kernels.weight_zeros(7) is z and kernels.weight_zeros(3).shape == (3,)
 
 
 # --- dynamic activations: per row and per tensor --------------------------------------------------------------

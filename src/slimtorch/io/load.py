@@ -290,4 +290,8 @@ def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
             f"unexpected {result.unexpected_keys[:5]}); {architecture.FIX}"
         )
     model.train(header.get("training", False))
+    for name, record in header.get("model_records", {}).items():
+        if name not in manifest.MODEL_RECORDS:
+            raise ArtifactError(f"the file holds a {name!r} record this slimtorch does not know; upgrade slimtorch")
+        manifest.MODEL_RECORDS[name][1](model, record)
     return model

@@ -37,6 +37,18 @@ def register_module(cls: type[nn.Module]) -> type[nn.Module]:
     return cls
 
 
+#: name -> (describe(model) -> JSON object or None, restore(model, record)): records of a whole model kept by a
+#: family above io (quant.lower: which modules run a lowered int8 graph); ``save`` writes what ``describe``
+#: returns under ``model_records``, ``load`` hands it back to ``restore`` once the weights are in
+MODEL_RECORDS: dict[str, tuple[Callable[[nn.Module], dict | None], Callable[[nn.Module, dict], None]]] = {}
+
+
+def register_model_record(name: str, describe: Callable[[nn.Module], dict | None],
+                          restore: Callable[[nn.Module, dict], None]) -> None:
+    """Register a whole-model record (see :data:`MODEL_RECORDS`)."""
+    MODEL_RECORDS[name] = (describe, restore)
+
+
 def _conv_args(m: nn.Module) -> dict[str, Any]:
     return {
         "in_channels": m.in_channels,
@@ -207,6 +219,7 @@ FIELDS: dict[str, tuple[int | None, Callable[[Any], bool], str]] = {
     "tree": (3, _tree, 'an object {"types": [str], "modules": [[unique name, index into types]]}'),
     "extra": (None, lambda v: isinstance(v, dict), "an object"),
     "versions": (None, _dict_of(_version_entry), 'an object of module name -> {"version": int}'),
+    "model_records": (None, _dict_of(lambda v: isinstance(v, dict)), "an object of record name -> object"),
 }
 
 

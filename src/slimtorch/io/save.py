@@ -131,6 +131,8 @@ def save(
         "tree": architecture.module_tree(model),
         "versions": _versions(state),
         "extra": extra or {},
+        "model_records": {name: record for name, (describe, _) in manifest.MODEL_RECORDS.items()
+                          if (record := describe(model)) is not None},
     }
     header = json.loads(json.dumps(header))  # the manifest as load reads it back (string keys, lists), then signed
     header["sha256"] = digest(tensors, header)

@@ -25,6 +25,7 @@ from slimtorch._log import logger
 from slimtorch.data import first_tensor
 from slimtorch.errors import ConfigError, DataError, UnsupportedModelError
 from slimtorch.io.atomic import publish, temporary_sibling, write_bytes
+from slimtorch.quant.lower import per_layer
 
 
 def require_onnx() -> None:
@@ -229,7 +230,10 @@ def export_onnx(
         from slimtorch.onnx.twins import calibrate_outputs
 
         qparams = calibrate_outputs(model, int8_outputs)
-    with export_twins(model, qparams) as (target, swapped), torch.no_grad(), warnings.catch_warnings():
+    # a lowered int8 graph (quant.lower) is exported in its per-layer form: the same layers, float between them,
+    # which ONNX Runtime's QDQ fusion chains again
+    with per_layer(model), export_twins(model, qparams) as (target, swapped), torch.no_grad(), \
+            warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # deprecation notes inside torch.export, not the user's
         if swapped:
             logger.info("export_onnx: %d compressed layers exported through their ONNX forms: %s", len(swapped),

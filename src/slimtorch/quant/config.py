@@ -39,6 +39,11 @@ class StaticQuant(Config):
             calibration data (``quant.adaround``) rather than rounding to nearest.
         adaround_seconds: time budget of AdaRound for all layers together, in seconds (split evenly; a layer
             out of time keeps the best rounding found so far, never worse than nearest).
+        lower: after quantizing, rewrite the model's graph (``quant.lower``) so that tensors between int8
+            operators stay uint8: each layer writes its output on the next one's grid, residual adds run on the
+            integer kernels, pooling and reshapes on uint8; parts that cannot be traced stay as they are (the
+            step's log says how many layers run chained and why others do not). False: every int8 layer takes
+            float in and gives float out.
         include: only these layers (patterns or type names); None: every Linear and Conv2d.
         exclude: layers kept in float (mixed precision).
     """
@@ -53,6 +58,7 @@ class StaticQuant(Config):
     bias_correction: bool = False
     adaround: bool = False
     adaround_seconds: float = 60.0
+    lower: bool = True
     include: tuple[str, ...] | None = None
     exclude: tuple[str, ...] = ()
 

@@ -91,7 +91,7 @@ def chosen(key: tuple) -> str | None:
 _ZEROS: dict[int, torch.Tensor] = {}
 
 
-def _zeros(n: int) -> torch.Tensor:
+def weight_zeros(n: int) -> torch.Tensor:
     """The shared all-zero int64 vector of length ``n`` (a plain dict memo: torch.compile traces it cleanly)."""
     if n not in _ZEROS:
         _ZEROS[n] = torch.zeros(n, dtype=torch.int64)
@@ -119,7 +119,7 @@ def qconv2d(
     """
     qx = _clamped(quantize_uint8(x.contiguous(memory_format=torch.channels_last), x_scale, x_zero_point), x_qmax)
     return torch.ops.onednn.qconv2d_pointwise(
-        qx, x_scale, x_zero_point, packed, w_scale, _zeros(w_scale.numel()), bias, stride, padding, dilation, groups,
+        qx, x_scale, x_zero_point, packed, w_scale, weight_zeros(w_scale.numel()), bias, stride, padding, dilation, groups,
         1.0, 0, torch.float32, "relu" if relu else "none", [], "",
     )
 
@@ -150,7 +150,7 @@ def qlinear_u8(qx: torch.Tensor, x_scale: float, x_zero_point: int, packed: torc
                bias: torch.Tensor | None, relu: bool = False) -> torch.Tensor:
     """oneDNN int8 product of an already quantized uint8 ``qx`` [M, in]: float32 [M, out] (+ bias, ReLU)."""
     return torch.ops.onednn.qlinear_pointwise(
-        qx, x_scale, x_zero_point, packed, w_scale, _zeros(w_scale.numel()), bias, 1.0, 0, torch.float32,
+        qx, x_scale, x_zero_point, packed, w_scale, weight_zeros(w_scale.numel()), bias, 1.0, 0, torch.float32,
         "relu" if relu else "none", [], "",
     )
 

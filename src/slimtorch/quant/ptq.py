@@ -28,6 +28,7 @@ from slimtorch.quant.bias_correction import correct_biases
 from slimtorch.quant.config import DynamicQuant, StaticQuant, WeightOnlyQuant
 from slimtorch.quant.equalize import equalize
 from slimtorch.quant.formats import QuantConv2d, linear_class
+from slimtorch.quant.lower import lower, unlower
 from slimtorch.quant.modules import QuantLinear
 from slimtorch.quant.observers import make_observer
 from slimtorch.quant.packing import pack_int4
@@ -195,6 +196,7 @@ def apply_static(model: nn.Module, config: StaticQuant, *, data: Any = None, exa
     if data is None:
         raise DataError("StaticQuant needs calibration data: st.quantize(model, StaticQuant(), data=loader)")
     model.eval()
+    unlower(model)  # quantized again: the graph is lowered anew below
     if example_inputs is None:
         example_inputs = next(iter(iter_inputs(data, 1)), None)
     if config.fold_bn and example_inputs is not None:
@@ -244,6 +246,11 @@ def apply_static(model: nn.Module, config: StaticQuant, *, data: Any = None, exa
         details["bias_correction"] = correct_biases(model, reference, names, batches)
         logger.info("StaticQuant: bias correction on %d layers (largest shift removed %.3g)",
                     len(details["bias_correction"]), max(details["bias_correction"].values(), default=0.0))
+    if config.lower:
+        lowering = lower(model, data, min(config.calibration_batches, 8), config.observer, config.percentile)
+        details["lowered"] = {"layers": lowering.layers, "chained": lowering.chained, "adds": lowering.adds,
+                              "reasons": lowering.reasons}
+        logger.info("StaticQuant: %s", lowering.line())
     record(model, StepSummary("StaticQuant", tuple(names), skipped, details=details))
     return model
 

@@ -85,14 +85,19 @@ class StaticQuantLinear(_StaticInput, QuantLinear):
         out = self._linear(self._fake_input(x))
         return F.relu(out) if self.relu else out
 
-    def _compute(self, x: torch.Tensor) -> torch.Tensor:
-        if self._saturates():
-            return self.reference(x)
+    def int8_kernel(self) -> tuple[torch.Tensor, float, int]:
+        """``(oneDNN pre-packed weight, input scale, input zero point)``, built on first use and cached."""
         if "packed" not in self._cache:
             self._cache["packed"] = torch.ops.onednn.qlinear_prepack(self.int_weight(), None)
             self._cache["qparams"] = self._input_qparams()
-        return kernels.qlinear_static(x, self._cache["packed"], *self._cache["qparams"], self.weight_scale, self.bias,
-                                      self.relu, 2**self.input_bits - 1)
+        return self._cache["packed"], *self._cache["qparams"]
+
+    def _compute(self, x: torch.Tensor) -> torch.Tensor:
+        if self._saturates():
+            return self.reference(x)
+        packed, x_scale, x_zero_point = self.int8_kernel()
+        return kernels.qlinear_static(x, packed, x_scale, x_zero_point, self.weight_scale, self.bias, self.relu,
+                                      2**self.input_bits - 1)
 
 
 @register_module
@@ -162,11 +167,15 @@ class QuantConv2d(_StaticInput, _QuantBase):
             return _outside_graph(self, x)
         if self.same_pad:
             x = pad_same(x, self.kernel_size, self.stride, self.dilation)
+        packed, x_scale, x_zero_point = self.int8_kernel()
+        return kernels.qconv2d(x, packed, x_scale, x_zero_point, self.weight_scale, self.bias, self.stride,
+                               self.padding, self.dilation, self.groups, self.relu, 2**self.input_bits - 1)
+
+    def int8_kernel(self) -> tuple[torch.Tensor, float, int]:
+        """``(oneDNN pre-packed weight, input scale, input zero point)``, built on first use and cached."""
         if "packed" not in self._cache:
             self._cache["qparams"] = self._input_qparams()
             self._cache["packed"] = torch.ops.onednn.qconv_prepack(
                 self.qweight, self.weight_scale, *self._cache["qparams"], self.stride, self.padding, self.dilation,
                 self.groups, None)
-        return kernels.qconv2d(x, self._cache["packed"], *self._cache["qparams"], self.weight_scale, self.bias,
-                               self.stride, self.padding, self.dilation, self.groups, self.relu,
-                               2**self.input_bits - 1)
+        return self._cache["packed"], *self._cache["qparams"]
