@@ -119,8 +119,8 @@ def qconv2d(
     """
     qx = _clamped(quantize_uint8(x.contiguous(memory_format=torch.channels_last), x_scale, x_zero_point), x_qmax)
     return torch.ops.onednn.qconv2d_pointwise(
-        qx, x_scale, x_zero_point, packed, w_scale, weight_zeros(w_scale.numel()), bias, stride, padding, dilation, groups,
-        1.0, 0, torch.float32, "relu" if relu else "none", [], "",
+        qx, x_scale, x_zero_point, packed, w_scale, weight_zeros(w_scale.numel()), bias, stride, padding, dilation,
+        groups, 1.0, 0, torch.float32, "relu" if relu else "none", [], "",
     )
 
 

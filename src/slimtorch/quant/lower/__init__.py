@@ -28,11 +28,11 @@ from torch import fx, nn
 from torch.fx.operator_schemas import normalize_function
 
 from slimtorch._log import logger
+from slimtorch.data import iter_inputs
 from slimtorch.errors import ArtifactError
 from slimtorch.io.manifest import register_model_record
-from slimtorch.quant.lower import ops
-from slimtorch.data import iter_inputs
 from slimtorch.quant import kernels
+from slimtorch.quant.lower import ops
 from slimtorch.quant.lower.plan import (
     Fused,
     Grid,
@@ -43,9 +43,9 @@ from slimtorch.quant.lower.plan import (
     plan,
     reads_shape_only,
 )
+from slimtorch.quant.modules import _QuantBase
 from slimtorch.quant.observers import make_observer
 from slimtorch.quant.qparams import choose_qparams
-from slimtorch.quant.modules import _QuantBase
 
 __all__ = ["LoweringReport", "is_lowered", "lower", "per_layer", "unlower"]
 
