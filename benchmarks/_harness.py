@@ -197,3 +197,67 @@ def time_per_runtime(fns: dict[str, Callable[[], Any]], runtimes: tuple[str, ...
         if group:
             timings.update(time_alternating(group, blocks=blocks, repeats=repeats, max_seconds=max_seconds))
     return timings
+
+
+def torch_ao_fx(model: torch.nn.Module, calib: list[torch.Tensor]):
+    """torch.ao's FX static int8 flow, x86 backend (eager quantized kernels), calibrated on ``calib``; or why not."""
+    try:
+        from torch.ao.quantization import get_default_qconfig_mapping
+        from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+        torch.backends.quantized.engine = "x86"
+        prepared = prepare_fx(copy.deepcopy(model).eval(), get_default_qconfig_mapping("x86"), (calib[0],))
+        with torch.no_grad():
+            for batch in calib:
+                prepared(batch)
+        return convert_fx(prepared)
+    except Exception as err:
+        return f"{type(err).__name__}: {str(err)[:120]}"
+
+
+def pt2e_x86(model: torch.nn.Module, calib: list[torch.Tensor], x: torch.Tensor):
+    """PT2E static int8: ``torch.export``, torchao's X86InductorQuantizer, calibrate, convert, then
+    ``torch.compile`` with freezing (the path PyTorch documents for x86 int8); a call for ``x``'s shape, or why
+    not."""
+    try:
+        import torch._inductor.config as inductor_config
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+        from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+            X86InductorQuantizer,
+            get_default_x86_inductor_quantization_config,
+        )
+
+        quantizer = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config())
+        exported = torch.export.export(copy.deepcopy(model).eval(), (x,)).module()
+        prepared = prepare_pt2e(exported, quantizer)
+        # the exported graph has x's batch size: the same calibration images, regrouped (and repeated) to it
+        pool, n = torch.cat(calib), x.shape[0]
+        pool = pool.repeat(-(-n // len(pool)), 1, 1, 1)
+        with torch.no_grad():
+            for start in range(0, len(pool) - n + 1, n):
+                prepared(pool[start:start + n])
+        converted = convert_pt2e(prepared)
+        inductor_config.freezing = True
+        with torch.no_grad():
+            fn = torch.compile(converted)
+            fn(x)
+        return fn
+    except Exception as err:
+        return f"{type(err).__name__}: {str(err)[:120]}"
+
+
+def race(fns: dict, quick: bool) -> dict:
+    """Per-call median ms of each contender (None entries skipped), timed in alternating blocks of 5 calls."""
+    from slimtorch.measure.latency import time_alternating
+
+    fns = {k: v for k, v in fns.items() if v is not None}
+    with torch.no_grad():
+        # alternating blocks of a few calls spread a noise burst over every contender (round-robin rounds of
+        # 0.5 s let one burst hit one contender's round: the same contender moved by up to 40% between runs)
+        t = time_alternating(fns, blocks=4 if quick else 12, repeats=5, warmup=2, max_seconds=5 if quick else 30)
+    return {k: v.median_ms for k, v in t.items()}
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Cosine similarity of two outputs, flattened."""
+    return float(torch.nn.functional.cosine_similarity(a.flatten().float(), b.flatten().float(), 0))

@@ -25,10 +25,9 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _harness import compiled, main  # noqa: E402
+from _harness import compiled, cosine, main, pt2e_x86, race, torch_ao_fx  # noqa: E402
 
 import slimtorch as st  # noqa: E402
-from slimtorch.measure.latency import time_alternating  # noqa: E402
 from slimtorch.quant.kernels import qlinear_u8  # noqa: E402
 
 
@@ -141,71 +140,11 @@ def _quanto(model: nn.Module):
     return call
 
 
-def _torch_ao_fx(model: nn.Module, calib: list[torch.Tensor]):
-    """torch.ao's FX static int8 flow, x86 backend (eager quantized kernels), calibrated on ``calib``; or why not."""
-    try:
-        from torch.ao.quantization import get_default_qconfig_mapping
-        from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
-
-        torch.backends.quantized.engine = "x86"
-        prepared = prepare_fx(copy.deepcopy(model).eval(), get_default_qconfig_mapping("x86"), (calib[0],))
-        with torch.no_grad():
-            for batch in calib:
-                prepared(batch)
-        return convert_fx(prepared)
-    except Exception as err:
-        return f"{type(err).__name__}: {str(err)[:120]}"
-
-
-def _pt2e(model: nn.Module, calib: list[torch.Tensor], x: torch.Tensor):
-    """PT2E static int8: ``torch.export``, torchao's X86InductorQuantizer, calibrate, convert, then
-    ``torch.compile`` with freezing (the path PyTorch documents for x86 int8); a call for ``x``'s shape, or why
-    not."""
-    try:
-        import torch._inductor.config as inductor_config
-        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-        from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
-            X86InductorQuantizer,
-            get_default_x86_inductor_quantization_config,
-        )
-
-        quantizer = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config())
-        exported = torch.export.export(copy.deepcopy(model).eval(), (x,)).module()
-        prepared = prepare_pt2e(exported, quantizer)
-        # the exported graph has x's batch size: the same calibration images, regrouped (and repeated) to it
-        pool, n = torch.cat(calib), x.shape[0]
-        pool = pool.repeat(-(-n // len(pool)), 1, 1, 1)
-        with torch.no_grad():
-            for start in range(0, len(pool) - n + 1, n):
-                prepared(pool[start:start + n])
-        converted = convert_pt2e(prepared)
-        inductor_config.freezing = True
-        with torch.no_grad():
-            fn = torch.compile(converted)
-            fn(x)
-        return fn
-    except Exception as err:
-        return f"{type(err).__name__}: {str(err)[:120]}"
-
-
-def _race(fns: dict, quick: bool) -> dict:
-    fns = {k: v for k, v in fns.items() if v is not None}
-    with torch.no_grad():
-        # alternating blocks of a few calls spread a noise burst over every contender (round-robin rounds of
-        # 0.5 s let one burst hit one contender's round: the same contender moved by up to 40% between runs)
-        t = time_alternating(fns, blocks=4 if quick else 12, repeats=5, warmup=2, max_seconds=5 if quick else 30)
-    return {k: v.median_ms for k, v in t.items()}
-
-
 def _rows(case: str, batch: int, ms: dict, rows: list, cos: dict | None = None) -> None:
     fastest_fp32 = min(v for k, v in ms.items() if k.startswith("fp32"))
     for k, v in ms.items():
         rows.append([case, batch, k, round(v, 3), round(ms["fp32 eager"] / v, 2), round(fastest_fp32 / v, 2),
                      "" if cos is None or k not in cos else round(cos[k], 5)])
-
-
-def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(nn.functional.cosine_similarity(a.flatten().float(), b.flatten().float(), 0))
 
 
 def run(quick: bool) -> dict:
@@ -224,11 +163,11 @@ def run(quick: bool) -> dict:
         x = torch.randn(batch, 128, 768)
         with torch.no_grad():
             ref = enc(x)
-            cos = {"slimtorch DynamicQuant": _cos(ref, dyn(x)),
-                   "slimtorch DynamicQuant per tensor": _cos(ref, dyn_t(x)),
-                   "torch.ao quantize_dynamic": _cos(ref, ao(x))}
+            cos = {"slimtorch DynamicQuant": cosine(ref, dyn(x)),
+                   "slimtorch DynamicQuant per tensor": cosine(ref, dyn_t(x)),
+                   "torch.ao quantize_dynamic": cosine(ref, ao(x))}
             if not isinstance(tao, str):
-                cos["torchao int8 dynamic"] = _cos(ref, tao(x))
+                cos["torchao int8 dynamic"] = cosine(ref, tao(x))
         comp = compiled(enc, x)
         fns = {"fp32 eager": lambda x=x: enc(x), "fp32 compiled": None if comp is None else (lambda x=x, c=comp: c(x)),
                "slimtorch DynamicQuant": lambda x=x: dyn(x), "slimtorch DynamicQuant per tensor": lambda x=x: dyn_t(x),
@@ -237,7 +176,7 @@ def run(quick: bool) -> dict:
             fns["torchao int8 dynamic"] = lambda x=x: tao(x)
         bound = gemm_bound(enc, batch * 128)
         fns["bound: int8 GEMMs alone, quantization free"] = lambda x=x, m=bound: m(x)
-        ms = _race(fns, quick)
+        ms = race(fns, quick)
         _rows("encoder d768 x128 tokens, dynamic int8", batch, ms, rows, cos)
         ceiling = ms["fp32 eager"] / ms["bound: int8 GEMMs alone, quantization free"]
         notes.append(f"encoder batch {batch}: the int8 ceiling on this machine is {ceiling:.2f}x eager fp32 "
@@ -248,19 +187,19 @@ def run(quick: bool) -> dict:
     cnn = resnet()
     calib = [torch.randn(2, 3, 224, 224) for _ in range(2)]
     sq = st.quantize(copy.deepcopy(cnn), st.StaticQuant(calibration_batches=2), data=calib)
-    fx = _torch_ao_fx(cnn, calib)
+    fx = torch_ao_fx(cnn, calib)
     peers["torch.ao FX x86"] = fx if isinstance(fx, str) else "ok"
     for batch in (1,) if quick else (1, 16):
         x = torch.randn(batch, 3, 224, 224)
-        pt2e = None if quick else _pt2e(cnn, calib, x)
+        pt2e = None if quick else pt2e_x86(cnn, calib, x)
         peers[f"PT2E x86 inductor batch {batch}"] = pt2e if isinstance(pt2e, str) else "ok"
         with torch.no_grad():
             ref = cnn(x)
-            cos = {"slimtorch StaticQuant": _cos(ref, sq(x))}
+            cos = {"slimtorch StaticQuant": cosine(ref, sq(x))}
             if not isinstance(fx, str):
-                cos["torch.ao FX x86"] = _cos(ref, fx(x))
+                cos["torch.ao FX x86"] = cosine(ref, fx(x))
             if pt2e is not None and not isinstance(pt2e, str):
-                cos["PT2E x86 inductor, compiled"] = _cos(ref, pt2e(x))
+                cos["PT2E x86 inductor, compiled"] = cosine(ref, pt2e(x))
         comp, sq_c = (None, None) if quick else (compiled(cnn, x), compiled(sq, x))
         fns = {"fp32 eager": lambda x=x: cnn(x), "fp32 compiled": None if comp is None else (lambda x=x, c=comp: c(x)),
                "slimtorch StaticQuant": lambda x=x: sq(x),
@@ -268,7 +207,7 @@ def run(quick: bool) -> dict:
                "torch.ao FX x86": None if isinstance(fx, str) else (lambda x=x, m=fx: m(x)),
                "PT2E x86 inductor, compiled": None if pt2e is None or isinstance(pt2e, str) else (
                    lambda x=x, m=pt2e: m(x))}
-        _rows("ResNet-style 224x224, static int8", batch, _race(fns, quick), rows, cos)
+        _rows("ResNet-style 224x224, static int8", batch, race(fns, quick), rows, cos)
     # 3. weight-only int4 / int8 linear layers, batch 1
     sizes = {}
     for out_f in (4096, 11008):
@@ -284,17 +223,17 @@ def run(quick: bool) -> dict:
         sizes[out_f] = fp32_bytes / (q.qweight.numel() + q.weight_scale.numel() * 4 + q.weight_zero_point.numel() * 4)
         with torch.no_grad():
             ref = lin(x)
-            cos = {"slimtorch int4 g128": _cos(ref, w4(x)), "slimtorch int8": _cos(ref, w8(x))}
+            cos = {"slimtorch int4 g128": cosine(ref, w4(x)), "slimtorch int8": cosine(ref, w8(x))}
         fns = {"fp32 eager": lambda x=x, m=lin: m(x), "slimtorch int4 g128": lambda x=x, m=w4: m(x),
                "slimtorch int8": lambda x=x, m=w8: m(x)}
         if not isinstance(t4, str):
             fns["torchao int4 g128"] = lambda x=x, m=t4: m(x)
             with torch.no_grad():
-                cos["torchao int4 g128"] = _cos(ref, t4(x))
+                cos["torchao int4 g128"] = cosine(ref, t4(x))
         if not isinstance(qt, str):
             fns["optimum-quanto int4"] = lambda x=x, m=qt: m(x)
-            cos["optimum-quanto int4"] = _cos(ref, qt(x))
-        _rows(f"Linear 4096x{out_f}, weight-only", 1, _race(fns, quick), rows, cos)
+            cos["optimum-quanto int4"] = cosine(ref, qt(x))
+        _rows(f"Linear 4096x{out_f}, weight-only", 1, race(fns, quick), rows, cos)
     notes.append("int4 g128 weights are {} smaller than fp32 (4096x4096 / 4096x11008), scales included".format(
         " / ".join(f"{v:.2f}x" for v in sizes.values())))
     notes += [f"peer {k}: {v}" for k, v in peers.items() if v != "ok"]

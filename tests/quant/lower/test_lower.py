@@ -250,3 +250,12 @@ def test_input_grid_reads_the_layer():
     model, _ = _quantized(nn.Sequential(nn.Conv2d(3, 4, 1)), lower_graph=False)
     grid = input_grid(model[0])
     assert grid.scale == pytest.approx(float(model[0].input_scale)) and grid.qmax == 2 ** model[0].input_bits - 1
+
+
+def test_onnx_export_of_a_lowered_model_agrees_with_it(tmp_path):
+    pytest.importorskip("onnxruntime")
+    model, calib = _quantized(ResNetLike())
+    path = st.export_onnx(model, calib[0], tmp_path / "m.onnx")
+    assert is_lowered(model)  # the export ran the per-layer form and put the lowered graph back
+    report = st.check_agreement(model, path, torch.randn(16, 3, 16, 16))
+    assert report.passed and report.cosine > 0.999, report
