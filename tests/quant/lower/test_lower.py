@@ -70,6 +70,23 @@ class Inverted(nn.Module):
         return self.head(x.mean((2, 3)))
 
 
+def stochastic_depth(input, p, mode, training=True):  # noqa: A002  (torchvision.ops.stochastic_depth's signature)
+    """torchvision's stochastic depth, reduced to what it does at inference."""
+    return input
+
+
+torch.fx.wrap("stochastic_depth")  # as torchvision wraps it: a node of its own in every trace
+
+
+class DropPathBlock(Inverted):
+    """EfficientNet's residual: the block's output passes ``stochastic_depth(..., training=False)`` first."""
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = x + stochastic_depth(self.project(self.dw(self.expand(x))), 0.2, "row", self.training)
+        return self.head(x.mean((2, 3)))
+
+
 def _randomize_bn(model: nn.Module) -> None:
     g = torch.Generator().manual_seed(1)
     for m in model.modules():
@@ -156,6 +173,11 @@ def test_inverted_residual_fuses_relu6_and_hardswish_into_the_convolutions():
     details = last_summary(model).details["lowered"]
     assert details["adds"] == 1
     assert set(details["reasons"]) == {"stem.0", "head"}  # model input; a float mean
+
+
+def test_stochastic_depth_at_inference_does_not_hide_the_residual_add():
+    model, _ = _quantized(DropPathBlock())
+    assert last_summary(model).details["lowered"]["adds"] == 1
 
 
 def test_lower_false_keeps_the_per_layer_form():

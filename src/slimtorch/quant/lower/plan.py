@@ -250,11 +250,23 @@ def _layer_input(value: fx.Node, values: dict[fx.Node, Fused], absorbed: set[fx.
         node = inputs[0]
 
 
+def _identity_at_inference(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """``nn.Identity`` calls, and torchvision's ``stochastic_depth`` (an ``fx.wrap``-ped function, so a node of its
+    own) called with ``training=False``: both return their input."""
+    if node.op == "call_module":
+        return type(modules.get(node.target)) is nn.Identity and bool(node.args)
+    if node.op == "call_function" and getattr(node.target, "__name__", "") == "stochastic_depth":
+        training = node.kwargs.get("training", node.args[3] if len(node.args) > 3 else True)
+        return training is False
+    return False
+
+
 def drop_identities(graph: fx.Graph, modules: dict[str, nn.Module]) -> None:
-    """Remove the calls of ``nn.Identity`` modules from ``graph`` (in place): BatchNorm folding and ReLU fusion
-    leave them between a layer and what follows it, where they would hide an activation from fusion."""
+    """Remove what returns its input at inference from ``graph`` (in place): BatchNorm folding and ReLU fusion
+    leave ``nn.Identity`` calls between a layer and what follows it, where they would hide an activation or a
+    residual add from fusion."""
     for node in list(graph.nodes):
-        if node.op == "call_module" and type(modules.get(node.target)) is nn.Identity and node.args:
+        if _identity_at_inference(node, modules):
             node.replace_all_uses_with(node.args[0])
             graph.erase_node(node)
 
