@@ -12,6 +12,26 @@ a depthwise convolution's per-channel ranges no longer spread over orders of mag
 
 ``Hardtanh(0, v)`` between them (``ReLU6``) is not scale-equivariant; it becomes a :class:`ChannelClamp` with
 per-channel upper bound ``v / s_i``, which computes exactly what the scaled network needs.
+
+High-bias absorption (the paper's section 4.1.2) follows the scaling: a producer channel whose pre-activation
+``z_i`` never falls below ``c_i > 0`` widens the activation range by ``c_i`` for nothing. When ``z_i >= c_i >= 0``,
+``relu(z_i - c_i) = relu(z_i) - c_i`` (likewise LeakyReLU, identity, and ``min(relu(z), u)`` with the bound
+lowered to ``u - c_i``), so ``b1_i -= c_i`` and the consumer's bias absorbs what its weights read of ``c_i``
+(``W2[:, i] c_i``; for a convolution summed over the kernel). The paper takes ``c = max(0, beta - 3 gamma)``
+from BatchNorm, where ``beta`` and ``gamma`` are the mean and standard deviation of the producer's output on
+training data. Here BatchNorm is already folded and its parameters are gone, so the mean and standard deviation
+are measured on ``example_inputs`` instead, and the shift is also capped at the observed minimum:
+``c_i = max(0, min(mean_i - 3 std_i, min z_i))``, capped at the chain's clamp bounds. The cap makes the shift
+exact on those inputs (``beta - 3 gamma`` alone is not exact even on the data it describes); the 3-sigma term
+keeps it well below the minimum when the example batch is small (one image's minimum is no bound for the next
+image). On other inputs a pre-activation below ``c_i`` is read as ``c_i`` instead of ``max(z_i, 0)``.
+
+Absorption needs every operation between the two layers to commute with a per-channel shift: ReLU, LeakyReLU,
+``Hardtanh(0, v)``, max pooling (padded with -inf), adaptive pooling, average pooling without zero padding
+counted in the mean, dropout in eval (identity), ``contiguous``/``clone``. The consumer must not pad: a padded
+border reads zeros rather than ``c_i``, which no per-channel bias can make up for, so padded convolutions (e.g.
+3x3 with ``padding=1``) keep their producer's bias (:attr:`Pair.absorb_blocked` says why). Both layers need a
+bias (BatchNorm folding gives one). :attr:`Pair.shifted` and :attr:`Pair.largest_shift` report what moved.
 """
 
 from __future__ import annotations
@@ -112,15 +132,61 @@ class ChannelClamp(nn.Module):
 @dataclass
 class Pair:
     """Two layers to equalize: ``producer``'s output channels are ``consumer``'s input channels; ``clamps``
-    names the ``Hardtanh(0, v)`` modules between them (they become :class:`ChannelClamp`)."""
+    names the ``Hardtanh(0, v)`` modules between them (they become :class:`ChannelClamp`).
+
+    ``absorb_blocked`` says why high-bias absorption cannot run on the pair (None: it can); ``shifted`` (number
+    of channels) and ``largest_shift`` (the largest ``c_i``, in the producer's output units after scaling) say
+    what :func:`equalize` absorbed."""
 
     producer: str
     consumer: str
     clamps: tuple[str, ...] = ()
+    absorb_blocked: str | None = None
+    shifted: int = 0
+    largest_shift: float = 0.0
 
 
 def _plain(module: nn.Module) -> bool:
     return type(module) in (nn.Linear, nn.Conv2d) and getattr(module, "padding_mode", "zeros") == "zeros"
+
+
+#: traced operations a per-channel shift passes through when the values stay above it (``op(x - c) = op(x) - c``
+#: for ``x >= c >= 0``); ``avg_pool2d`` and ``dropout`` are checked further in :func:`_shift_blocker`
+_SHIFTABLE = {"relu", "leaky_relu", "hardtanh", "max_pool2d", "max_pool1d", "adaptive_max_pool2d",
+              "adaptive_avg_pool2d", "avg_pool2d", "dropout", "contiguous", "clone"}
+
+#: positional parameters of ``avg_pool2d`` after the input
+_AVG_POOL_ARGS = ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")
+
+
+def _pads(conv: nn.Conv2d) -> bool:
+    """Whether ``conv`` reads zero padding at its borders."""
+    if conv.padding == "valid":
+        return False
+    if conv.padding == "same":
+        return any(k > 1 for k in conv.kernel_size)
+    return any(p > 0 for p in conv.padding)
+
+
+def _shift_blocker(producer: nn.Module, consumer: nn.Module, steps: list[Any]) -> str | None:
+    """Why high-bias absorption cannot run between ``producer`` and ``consumer`` through the traced ``steps``
+    between them; None when it can."""
+    if producer.bias is None or consumer.bias is None:
+        return "a layer without bias"
+    if isinstance(consumer, nn.Conv2d) and _pads(consumer):
+        return "consumer pads with zeros"
+    for step in steps:
+        if step.name not in _SHIFTABLE:
+            return f"{step.name} does not commute with a shift"
+        if step.name == "avg_pool2d":
+            named = dict(zip(_AVG_POOL_ARGS, step.args[1:], strict=False)) | step.kwargs
+            padding = named.get("padding", 0)
+            padded = any(p > 0 for p in padding) if isinstance(padding, tuple | list) else padding > 0
+            if named.get("divisor_override") is not None or (padded and named.get("count_include_pad", True)):
+                return "avg_pool2d averages zero padding"
+        if step.name == "dropout" and step.kwargs.get("training", step.args[2] if len(step.args) > 2 else True):
+            return "dropout in training mode"
+    return None
 
 
 def find_pairs(model: nn.Module, example_inputs: Any) -> list[Pair]:
@@ -152,7 +218,7 @@ def find_pairs(model: nn.Module, example_inputs: Any) -> list[Pair]:
         producer = model.get_submodule(op.module)
         if not _plain(producer):
             continue
-        tensor, position, clamps = op.outputs[0], index, []
+        tensor, position, clamps, steps = op.outputs[0], index, [], []
         while tensor not in tr.outputs:
             later = [i for i in readers.get(tensor, []) if i > position]
             if not later:
@@ -164,12 +230,14 @@ def find_pairs(model: nn.Module, example_inputs: Any) -> list[Pair]:
                 if not (passes or clamp):  # an in-place op that does not commute with the scale (silu_)
                     break
                 clamps += [step.module] if clamp else []
+                steps.append(step)
                 position = later[0]  # later readers of the same tensor read this op's result
                 continue
             if len(later) > 1:  # read elsewhere too: a residual branch, a second consumer
                 break
             if passes or clamp:
                 clamps += [step.module] if clamp else []
+                steps.append(step)
                 tensor, position = step.outputs[0], later[0]
                 continue
             if step.name in {"conv2d", "linear"} and step.module and calls.get(step.module) == 1 \
@@ -178,24 +246,121 @@ def find_pairs(model: nn.Module, example_inputs: Any) -> list[Pair]:
                 channels = producer.weight.shape[0]
                 takes = consumer.in_features if isinstance(consumer, nn.Linear) else consumer.in_channels
                 if _plain(consumer) and takes == channels and isinstance(consumer, type(producer)):
-                    pairs.append(Pair(op.module, step.module, tuple(clamps)))
+                    pairs.append(Pair(op.module, step.module, tuple(clamps),
+                                      _shift_blocker(producer, consumer, steps)))
             break
     return pairs
 
 
-def equalize(model: nn.Module, example_inputs: Any, *, rounds: int = 20, tolerance: float = 1e-3) -> list[Pair]:
+def _shift_bounds(model: nn.Module, names: list[str], example_inputs: Any) -> dict[str, torch.Tensor]:
+    """``[C]`` per-channel ``min(minimum, mean - 3 std)`` of each named layer's output over ``example_inputs``
+    (one eval forward)."""
+    from slimtorch.data import call
+
+    found: dict[str, torch.Tensor] = {}
+
+    def record(name: str, module: nn.Module, args: Any, out: torch.Tensor) -> None:
+        # read at once: an in-place ReLU after the layer overwrites ``out`` before the forward ends
+        dim = out.dim() - 3 if isinstance(module, nn.Conv2d) else out.dim() - 1  # [N,] C, H, W or [..., C]
+        z = out.detach().transpose(0, dim).reshape(out.shape[dim], -1).double()  # [C, every other element]
+        std, mean = torch.std_mean(z, dim=1, correction=0)
+        found[name] = torch.minimum(z.amin(1), mean - 3 * std).float()
+
+    hooks = [model.get_submodule(n).register_forward_hook(lambda m, a, o, _n=n: record(_n, m, a, o)) for n in names]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            call(model, example_inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return found
+
+
+def _absorb_into_bias(consumer: nn.Module, c: torch.Tensor) -> None:
+    """Add what ``consumer`` reads of a constant input ``c`` (``[C_in]``) to its bias, in place: ``W2 c``, for a
+    convolution summed over the kernel (exact only where no padding is read)."""
+    w = consumer.weight.detach().double()
+    if isinstance(consumer, nn.Linear):
+        delta = w @ c.double()
+    else:
+        groups, cin_g = consumer.groups, w.shape[1]
+        # [out, cin/groups, k...] -> [groups, out/groups, cin/groups] (kernel summed)
+        w = w.reshape(groups, w.shape[0] // groups, cin_g, -1).sum(-1)
+        delta = (w * c.double().view(groups, 1, cin_g)).sum(-1).reshape(-1)  # [groups, out/groups] -> [out]
+    consumer.bias.data.add_(delta.to(consumer.bias.dtype))
+
+
+def absorb_high_biases(model: nn.Module, pairs: list[Pair], example_inputs: Any) -> list[Pair]:
+    """High-bias absorption (module docstring) on every pair whose ``absorb_blocked`` is None, in place: shift
+    each producer channel down by ``c_i = max(0, min(mean_i - 3 std_i, min_i))`` of its pre-activation over
+    ``example_inputs`` (capped at the chain's clamp bounds) and add what the consumer reads of ``c`` to its bias.
+    The float model's outputs on ``example_inputs`` do not change (up to float rounding); ``shifted`` and
+    ``largest_shift`` of each pair are set.
+
+    Args:
+        model: the model, its ``Hardtanh(0, v)`` clamps already :class:`ChannelClamp` (as :func:`equalize` leaves
+            them).
+        pairs: pairs from :func:`find_pairs`.
+        example_inputs: inputs for one forward; ``c`` is exact on them.
+
+    Returns:
+        ``pairs``, updated.
+
+    Example:
+        >>> model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 1)).eval()
+        >>> _ = model[0].bias.data.add_(100.0)
+        >>> x = torch.randn(2, 3, 8, 8)
+        >>> [p.shifted for p in absorb_high_biases(model, find_pairs(model, x), x)]
+        [4]
+    """
+    live = [p for p in pairs if p.absorb_blocked is None]
+    if not live:
+        return pairs
+    # one forward is enough: each absorption leaves the consumer's output (the next pair's pre-activation) as it was
+    bounds = _shift_bounds(model, [p.producer for p in live], example_inputs)
+    for pair in live:
+        if pair.producer not in bounds:  # not reached on these inputs: nothing observed to shift by
+            continue
+        c = bounds[pair.producer].clamp(min=0)
+        clamps = [model.get_submodule(n) for n in pair.clamps]
+        for clamp in clamps:  # values above a clamp's bound leave it at the bound: shift no further than that
+            c = torch.minimum(c, clamp.upper.float())
+        if not bool((c > 0).any()):
+            continue
+        producer, consumer = model.get_submodule(pair.producer), model.get_submodule(pair.consumer)
+        producer.bias.data.sub_(c.to(producer.bias.dtype))
+        for clamp in clamps:
+            clamp.upper.sub_(c.to(clamp.upper.dtype))
+        _absorb_into_bias(consumer, c)
+        pair.shifted, pair.largest_shift = int((c > 0).sum()), float(c.max())
+    return pairs
+
+
+def equalize(model: nn.Module, example_inputs: Any, *, rounds: int = 20, tolerance: float = 1e-3,
+             absorb: bool = True) -> list[Pair]:
     """Equalize every pair :func:`find_pairs` finds, in place, repeating over all pairs (a layer in two pairs,
     e.g. the middle of conv -> depthwise -> conv, is balanced against both) until no scale moves by more than
-    ``tolerance`` or ``rounds`` passes. The float model's outputs do not change (up to float rounding).
+    ``tolerance`` or ``rounds`` passes, then absorb high biases (:func:`absorb_high_biases`). Scaling leaves the
+    float model's outputs unchanged (up to float rounding); absorption leaves them unchanged on
+    ``example_inputs``, and on other inputs wherever a shifted channel's pre-activation stays above its shift.
 
     Args:
         model: the model, BatchNorm already folded (a BatchNorm between two layers ends a chain).
-        example_inputs: inputs for one traced forward.
+        example_inputs: inputs for one traced forward; high-bias absorption measures its shifts on them.
         rounds: at most this many passes over the pairs.
         tolerance: stop when every scale of a pass is within this of 1.
+        absorb: run high-bias absorption after the scaling.
 
     Returns:
-        The pairs equalized.
+        The pairs equalized, with what was absorbed (``shifted``, ``largest_shift``, ``absorb_blocked``).
+
+    Example:
+        >>> model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+        >>> [(p.producer, p.consumer) for p in equalize(model, torch.randn(1, 3, 8, 8))]
+        [('0', '2')]
     """
     pairs = find_pairs(model, example_inputs)
     for pair in pairs:  # clamps become per-channel once, their bounds follow the scales below
@@ -219,4 +384,6 @@ def equalize(model: nn.Module, example_inputs: Any, *, rounds: int = 20, toleran
             moved = max(moved, float((s - 1).abs().max()))
         if moved <= tolerance:
             break
+    if absorb:
+        absorb_high_biases(model, pairs, example_inputs)
     return pairs
