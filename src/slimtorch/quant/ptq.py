@@ -208,7 +208,10 @@ def apply_static(model: nn.Module, config: StaticQuant, *, data: Any = None, exa
     if config.equalize and example_inputs is not None:
         pairs = equalize(model, example_inputs)
         details["equalized"] = [[p.producer, p.consumer] for p in pairs]
-        logger.info("StaticQuant: equalized %d layer pairs", len(pairs))
+        details["absorbed"] = {f"{p.producer}->{p.consumer}": {"channels": p.shifted, "largest_shift": p.largest_shift}
+                               for p in pairs if p.shifted}
+        logger.info("StaticQuant: equalized %d layer pairs (high biases absorbed in %d)", len(pairs),
+                    len(details["absorbed"]))
     chosen, skipped = static_layers(model, config, select)
     if not chosen:
         raise nothing_chosen(model, config, [nn.Linear, nn.Conv2d], skipped)
